@@ -1,0 +1,54 @@
+"""The FastAPI application: API routers, the one-click unsubscribe page, error mapping, OpenAPI at /docs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+
+from app import errors
+from app.api import campaigns, members, unsubscribe
+from app.settings import Settings
+from app.temporal import connect
+from storage.db import make_engine
+from templates.render import Renderer
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None, client: Client | None = None) -> FastAPI:
+    lock = asyncio.Lock()
+    holder: dict[str, Client] = {"client": client} if client else {}
+
+    async def temporal() -> Client:
+        if "client" not in holder:
+            async with lock:
+                if "client" not in holder:
+                    holder["client"] = await connect(settings)
+        return holder["client"]
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    app = FastAPI(title="Clarion", version="0.1.0", lifespan=lifespan,
+                  description="Campaign orchestrator for loyalty programs. Authenticate with "
+                              "`Authorization: Bearer <API key>` (create one with `clarion keys create`).")
+    app.state.settings = settings
+    app.state.engine = engine or make_engine(settings.db_url)
+    app.state.renderer = Renderer()
+    app.state.temporal = temporal
+    errors.install(app)
+    app.include_router(members.router)
+    app.include_router(campaigns.router)
+    app.include_router(unsubscribe.router)
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+

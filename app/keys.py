@@ -1,0 +1,41 @@
+"""API keys: ``clk_<prefix>_<secret>``; only the SHA-256 of the whole key is stored, compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from storage.db import session_scope
+from storage.tables import ApiKey, Role
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(*, engine: Engine, role: Role, name: str | None = None) -> str:
+    prefix = secrets.token_hex(6)
+    key = f"clk_{prefix}_{secrets.token_urlsafe(32)}"
+    with session_scope(engine) as s:
+        s.add(ApiKey(prefix=prefix, key_hash=_hash(key), role=role, name=name))
+    return key
+
+
+def role_for(*, engine: Engine, key: str) -> Role | None:
+    """The key's role, or None for a missing, malformed, unknown or revoked key."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != "clk":
+        return None
+    with Session(engine) as s:
+        row = s.scalar(select(ApiKey).where(ApiKey.prefix == parts[1]))
+    if row is None or row.revoked_at is not None:
+        hmac.compare_digest(_hash(key), "0" * 64)  # same work either way
+        return None
+    if not hmac.compare_digest(_hash(key), row.key_hash):
+        return None
+    return Role(row.role)

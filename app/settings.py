@@ -1,0 +1,82 @@
+"""All of Clarion's settings, read once from the environment (prefix ``CLARION_``) or a ``.env`` file.
+
+Nothing else in the code base reads ``os.environ``: the composition root builds a :class:`Settings`
+and hands the values to the parts that need them.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLARION_", env_file=".env", extra="ignore")
+
+    # where the embedded stack keeps its state (SQLite files, Maildir, logs)
+    var_dir: Path = Path("var")
+    # Clarion's own data; default: SQLite file under var_dir
+    database_url: str | None = None
+
+    # Temporal: unset address = `clarion up` starts the embedded dev server
+    temporal_address: str | None = None
+    temporal_namespace: str = "default"
+    temporal_tls: bool = False
+    temporal_api_key: SecretStr | None = None
+    temporal_task_queue: str = "clarion"
+    temporal_dev_port: int = 7233
+    temporal_ui_port: int = 8233
+
+    # HTTP API and pages
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # how members' links (unsubscribe, preferences) start; behind a proxy set the public https URL
+    public_base_url: str | None = None
+    signing_secret: SecretStr = SecretStr("dev-only-signing-secret-change-me")
+
+    # outgoing email (SMTP relay); default: the embedded local mail server of `clarion up`
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_tls: bool = False  # implicit TLS (port 465)
+    smtp_starttls: bool = False
+    smtp_connections: int = Field(default=4, ge=1, le=64)
+    smtp_timeout_s: float = 30.0
+    email_from: str = "Clarion Demo <news@clarion.example>"
+    unsubscribe_mailto: str = "unsubscribe@clarion.example"
+    # the embedded local mail server of `clarion up` (stores what it receives in var_dir/mail)
+    mailbox_enabled: bool = True
+
+    # broadcast tuning
+    page_size: int = Field(default=500, ge=1, le=5000)
+    batch_concurrency: int = Field(default=4, ge=1, le=64)
+
+    @cached_property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.var_dir / 'clarion.db').as_posix()}"
+
+    @property
+    def temporal_target(self) -> str:
+        return self.temporal_address or f"127.0.0.1:{self.temporal_dev_port}"
+
+    @property
+    def embedded_temporal(self) -> bool:
+        return not self.temporal_address
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_base_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def maildir(self) -> Path:
+        return self.var_dir / "mail"
+
+
+def get_settings() -> Settings:
+    return Settings()

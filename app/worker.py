@@ -1,0 +1,52 @@
+"""The one place that lists workflows and activities and builds their dependencies."""
+
+from __future__ import annotations
+
+
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.delivery import DeliveryActivities
+from app.settings import Settings
+from channels.email_smtp import SmtpConfig, SmtpEmailChannel
+from consent.tokens import Signer
+from storage.db import make_engine
+from templates.render import Renderer
+from workflows.broadcast import BroadcastCampaign
+
+WORKFLOWS = [BroadcastCampaign]
+
+
+def email_channel(settings: Settings) -> SmtpEmailChannel:
+    return SmtpEmailChannel(SmtpConfig(
+        host=settings.smtp_host, port=settings.smtp_port, username=settings.smtp_username,
+        password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+        use_tls=settings.smtp_tls, start_tls=settings.smtp_starttls, timeout=settings.smtp_timeout_s,
+        connections=settings.smtp_connections, sender=settings.email_from,
+    ))
+
+
+def signer(settings: Settings) -> Signer:
+    return Signer(settings.signing_secret.get_secret_value().encode())
+
+
+def delivery_activities(settings: Settings, *, engine: Engine | None = None,
+                        cls: type[DeliveryActivities] = DeliveryActivities) -> DeliveryActivities:
+    return cls(
+        engine=engine or make_engine(settings.db_url), renderer=Renderer(), email=email_channel(settings),
+        signer=signer(settings), base_url=settings.base_url, unsubscribe_mailto=settings.unsubscribe_mailto,
+    )
+
+
+def activity_list(acts: DeliveryActivities) -> list:
+    return [acts.count_audience, acts.plan_pages, acts.set_campaign_status, acts.deliver_batch]
+
+
+def build_worker(client: Client, settings: Settings, acts: DeliveryActivities | None = None) -> Worker:
+    acts = acts or delivery_activities(settings)
+    return Worker(
+        client, task_queue=settings.temporal_task_queue, workflows=WORKFLOWS,
+        activities=activity_list(acts),
+        max_concurrent_activities=16,
+    )

@@ -1,0 +1,182 @@
+"""Member upserts (one or many) and CSV import, with per-row errors by line and field."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from consent import ledger
+from storage.db import session_scope, upsert
+from storage.tables import ConsentAction, ConsentSource, Member, Program, utcnow
+from members.profile import MemberIn
+
+PROFILE_COLUMNS = ("kind", "first_name", "last_name", "locale", "time_zone", "email", "phone", "attributes")
+
+
+class ProgramNotFound(LookupError):
+    pass
+
+
+@dataclass
+class RowError:
+    line: int | None        # CSV line number (1 = header) or position in a bulk request
+    external_id: str | None
+    field: str
+    message: str
+
+
+@dataclass
+class ImportResult:
+    created: int = 0
+    updated: int = 0
+    errors: list[RowError] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> int:
+        return self.created + self.updated
+
+
+def get_program(session: Session, key: str) -> Program:
+    program = session.scalar(select(Program).where(Program.key == key))
+    if program is None:
+        raise ProgramNotFound(f"program {key!r} not found")
+    return program
+
+
+def ensure_program(*, engine: Engine, key: str, name: str, default_locale: str = "en",
+                   time_zone: str = "UTC", currency: str = "EUR") -> Program:
+    with session_scope(engine) as s:
+        found = s.scalar(select(Program).where(Program.key == key))
+        if found:
+            return found
+        program = Program(key=key, name=name, default_locale=default_locale, time_zone=time_zone,
+                          currency=currency)
+        s.add(program)
+        s.flush()
+        return program
+
+
+def validation_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "row"
+        out.append((loc, err["msg"].removeprefix("Value error, ")))
+    return out
+
+
+def upsert_members(*, engine: Engine, program_id: int, items: Iterable[tuple[int | None, str, MemberIn]],
+                   source: ConsentSource = ConsentSource.api) -> tuple[int, int]:
+    """Insert or update members by external id, in one transaction. Returns (created, updated)."""
+    items = list(items)
+    if not items:
+        return 0, 0
+    now = utcnow()
+    with session_scope(engine) as s:
+        ext_ids = [ext for _, ext, _ in items]
+        before = set(s.scalars(select(Member.external_id).where(
+            Member.program_id == program_id, Member.external_id.in_(ext_ids))))  # type: ignore[attr-defined]
+        rows = []
+        for _, ext, m in items:
+            row = {"program_id": program_id, "external_id": ext, "created_at": now, "updated_at": now}
+            row.update({c: getattr(m, c) for c in PROFILE_COLUMNS})
+            row["kind"] = str(m.kind)
+            rows.append(row)
+        stmt = upsert(s, Member.__table__, ["program_id", "external_id"], [*PROFILE_COLUMNS, "updated_at"])
+        s.execute(stmt, rows)
+        with_consents = [(ext, m) for _, ext, m in items if m.consents]
+        if with_consents:
+            ids = dict(s.execute(select(Member.external_id, Member.id).where(
+                Member.program_id == program_id,
+                Member.external_id.in_([e for e, _ in with_consents]))).all())  # type: ignore[attr-defined]
+            ledger.record(session=s, program_id=program_id, acts=[
+                ledger.ConsentAct(member_id=ids[ext], channel=c.channel, topic=c.topic,
+                                  action=ConsentAction(c.action), source=source,
+                                  wording_version=c.wording_version)
+                for ext, m in with_consents for c in m.consents
+            ])
+    created = len({e for e in ext_ids if e not in before})
+    return created, len(items) - created
+
+
+def parse_row(line: int, raw: dict[str, str]) -> tuple[str, MemberIn] | RowError:
+    """A CSV row → (external id, profile). Columns: external_id, the profile fields, attr.<name>,
+    and consent.<channel>.<topic> (yes/no)."""
+    ext = (raw.get("external_id") or "").strip()
+    if not ext:
+        return RowError(line, None, "external_id", "missing")
+    data: dict[str, Any] = {"attributes": {}, "consents": []}
+    for col, value in raw.items():
+        if col is None:
+            return RowError(line, ext, "row", "more values than columns")
+        value = (value or "").strip()
+        if col == "external_id" or value == "":
+            continue
+        if col.startswith("attr."):
+            data["attributes"][col[5:]] = value
+        elif col.startswith("consent."):
+            parts = col.split(".")
+            if len(parts) != 3:
+                return RowError(line, ext, col, "use consent.<channel>.<topic>")
+            if value.lower() not in ("yes", "no", "true", "false", "1", "0"):
+                return RowError(line, ext, col, f"use yes or no, not {value!r}")
+            granted = value.lower() in ("yes", "true", "1")
+            data["consents"].append({"channel": parts[1], "topic": parts[2],
+                                     "action": "granted" if granted else "revoked"})
+        elif col in PROFILE_COLUMNS and col != "attributes":
+            data[col] = value
+        else:
+            return RowError(line, ext, col, "unknown column")
+    try:
+        return ext, MemberIn.model_validate(data)
+    except ValidationError as exc:
+        where, message = validation_errors(exc)[0]
+        return RowError(line, ext, where, message)
+
+
+def import_csv(*, engine: Engine, program_id: int, stream: io.TextIOBase | Iterator[str],
+               batch_size: int = 1000, progress: Callable[[int], None] | None = None) -> ImportResult:
+    """Stream a CSV: good rows are kept (in batches), each bad row is reported by line and field."""
+    result = ImportResult()
+    reader = csv.DictReader(stream)
+    if not reader.fieldnames or "external_id" not in reader.fieldnames:
+        result.errors.append(RowError(1, None, "external_id", "the header must name an external_id column"))
+        return result
+    batch: list[tuple[int | None, str, MemberIn]] = []
+    seen: dict[str, int] = {}
+
+    def flush() -> None:
+        created, updated = upsert_members(engine=engine, program_id=program_id, items=batch,
+                                          source=ConsentSource.import_)
+        result.created += created
+        result.updated += updated
+        if progress:
+            progress(len(batch))
+        batch.clear()
+        seen.clear()
+
+    for raw in reader:
+        line = reader.line_num
+        parsed = parse_row(line, raw)
+        if isinstance(parsed, RowError):
+            result.errors.append(parsed)
+            if progress:
+                progress(1)
+            continue
+        ext, member = parsed
+        if ext in seen:  # the same member twice in one batch: the later row wins
+            flush()
+        seen[ext] = line
+        batch.append((line, ext, member))
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    return result

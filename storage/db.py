@@ -1,0 +1,66 @@
+"""Engine and sessions. SQLite by default (WAL, busy timeout), PostgreSQL by URL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, create_engine
+
+
+def make_engine(url: str, **kw: Any) -> Engine:
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, **kw
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kw)
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def insert_ignore(engine_or_session: Any, table: Any, index_elements: list[str]) -> Any:
+    """``INSERT ... ON CONFLICT (index_elements) DO NOTHING`` for the engine's dialect."""
+    bind = engine_or_session.get_bind() if hasattr(engine_or_session, "get_bind") else engine_or_session
+    dialect = sqlite if bind.dialect.name == "sqlite" else postgresql
+    return dialect.insert(table).on_conflict_do_nothing(index_elements=index_elements)
+
+
+def upsert(engine_or_session: Any, table: Any, index_elements: list[str], update_cols: list[str]) -> Any:
+    """``INSERT ... ON CONFLICT (index_elements) DO UPDATE SET update_cols = excluded.*``."""
+    bind = engine_or_session.get_bind() if hasattr(engine_or_session, "get_bind") else engine_or_session
+    dialect = sqlite if bind.dialect.name == "sqlite" else postgresql
+    stmt = dialect.insert(table)
+    return stmt.on_conflict_do_update(
+        index_elements=index_elements, set_={c: stmt.excluded[c] for c in update_cols}
+    )

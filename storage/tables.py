@@ -1,0 +1,303 @@
+"""SQLModel tables: the data of DESIGN.md. Tables only, no behaviour.
+
+Every row belongs to a program. Closed sets are StrEnums stored as plain strings (portable across
+SQLite and PostgreSQL, no database enum types to migrate). Timestamps are stored in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, Numeric, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(sa_type=DateTime(timezone=True), **kw)
+
+
+class MemberKind(StrEnum):
+    individual = "individual"
+    legal_entity = "legal_entity"
+
+
+class ChannelName(StrEnum):
+    email = "email"
+    sms = "sms"
+    whatsapp = "whatsapp"
+    telegram = "telegram"
+    push = "push"
+    receipt = "receipt"
+    inbox = "inbox"
+    direct_mail = "direct_mail"
+
+
+class ConsentAction(StrEnum):
+    granted = "granted"
+    revoked = "revoked"
+    confirmed = "confirmed"
+    suppressed = "suppressed"
+
+
+class ConsentSource(StrEnum):
+    web = "web"
+    pos = "pos"
+    sms_keyword = "sms_keyword"
+    telegram = "telegram"
+    import_ = "import"
+    api = "api"
+    bounce = "bounce"
+    complaint = "complaint"
+    unsubscribe = "unsubscribe"
+
+
+class CampaignKind(StrEnum):
+    broadcast = "broadcast"
+    triggered = "triggered"
+
+
+class CampaignStatus(StrEnum):
+    draft = "draft"
+    scheduled = "scheduled"
+    running = "running"
+    paused = "paused"
+    completed = "completed"
+    cancelled = "cancelled"
+    failed = "failed"
+
+
+class DeliveryStatus(StrEnum):
+    planned = "planned"
+    suppressed = "suppressed"
+    held_out = "held_out"
+    sending = "sending"
+    sent = "sent"
+    delivered = "delivered"
+    failed = "failed"
+    in_doubt = "in_doubt"
+
+
+class ResponseKind(StrEnum):
+    delivered = "delivered"
+    opened = "opened"
+    opened_machine = "opened_machine"
+    clicked = "clicked"
+    replied = "replied"
+    unsubscribed = "unsubscribed"
+    complained = "complained"
+    converted = "converted"
+
+
+class Role(StrEnum):
+    admin = "admin"
+    marketer = "marketer"
+    core = "core"
+    analyst = "analyst"
+    pos = "pos"
+
+
+# --- program -------------------------------------------------------------------------------
+
+
+class Program(SQLModel, table=True):
+    """A loyalty program (brand); several share one deployment."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True, max_length=64)
+    name: str = Field(max_length=200)
+    default_locale: str = Field(default="en", max_length=35)
+    time_zone: str = Field(default="UTC", max_length=64)
+    currency: str = Field(default="EUR", max_length=3)
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+# --- members -------------------------------------------------------------------------------
+
+
+class Member(SQLModel, table=True):
+    """A member as the loyalty core knows it, with the contacts Clarion may use."""
+
+    __table_args__ = (UniqueConstraint("program_id", "external_id", name="uq_member_external"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int = Field(foreign_key="program.id", index=True)
+    external_id: str = Field(max_length=128)
+    kind: str = Field(default=MemberKind.individual, max_length=16)
+    first_name: str | None = Field(default=None, max_length=200)
+    last_name: str | None = Field(default=None, max_length=200)
+    locale: str | None = Field(default=None, max_length=35)
+    time_zone: str | None = Field(default=None, max_length=64)
+    email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=20)  # E.164
+    telegram_chat_id: str | None = Field(default=None, max_length=32)
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts(default_factory=utcnow)
+    updated_at: datetime = _ts(default_factory=utcnow)
+
+
+class PushToken(SQLModel, table=True):
+    """A device token registered by the loyalty app."""
+
+    __table_args__ = (UniqueConstraint("member_id", "token", name="uq_push_token"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    member_id: int = Field(foreign_key="member.id", index=True)
+    token: str = Field(max_length=4096)
+    platform: str = Field(default="android", max_length=16)
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+class Card(SQLModel, table=True):
+    """A loyalty card of a member."""
+
+    __table_args__ = (UniqueConstraint("member_id", "number", name="uq_card_number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    member_id: int = Field(foreign_key="member.id", index=True)
+    number: str = Field(max_length=64)
+    status: str = Field(default="active", max_length=16)
+    issued_at: datetime = _ts(default_factory=utcnow)
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+class Event(SQLModel, table=True):
+    """Something that happened to a member in the loyalty core; its id is the idempotency key."""
+
+    __table_args__ = (UniqueConstraint("program_id", "source_event_id", name="uq_event_source"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int = Field(foreign_key="program.id", index=True)
+    source_event_id: str = Field(max_length=128)
+    type: str = Field(max_length=64)
+    member_id: int = Field(foreign_key="member.id", index=True)
+    occurred_at: datetime = _ts()
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    received_at: datetime = _ts(default_factory=utcnow)
+
+
+# --- consent -------------------------------------------------------------------------------
+
+
+class ConsentRecord(SQLModel, table=True):
+    """Append-only ledger: one row per consent act, with its proof. Never updated."""
+
+    __tablename__ = "consent_record"
+    __table_args__ = (Index("ix_consent_record_member", "member_id", "channel", "topic"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int = Field(foreign_key="program.id", index=True)
+    member_id: int = Field(foreign_key="member.id")
+    channel: str = Field(max_length=16)
+    topic: str = Field(max_length=64)  # "*" = the whole channel
+    action: str = Field(max_length=16)
+    source: str = Field(max_length=16)
+    wording_version: str | None = Field(default=None, max_length=64)
+    ip: str | None = Field(default=None, max_length=45)
+    user_agent: str | None = Field(default=None, max_length=512)
+    campaign_id: int | None = Field(default=None, foreign_key="campaign.id")
+    at: datetime = _ts(default_factory=utcnow)
+
+
+class ConsentState(SQLModel, table=True):
+    """Current consent per (member, channel, topic), derived from the ledger in the same transaction."""
+
+    __tablename__ = "consent_state"
+
+    member_id: int = Field(foreign_key="member.id", primary_key=True)
+    channel: str = Field(max_length=16, primary_key=True)
+    topic: str = Field(max_length=64, primary_key=True)
+    program_id: int = Field(foreign_key="program.id", index=True)
+    status: str = Field(max_length=16)
+    record_id: int = Field(foreign_key="consent_record.id")
+    updated_at: datetime = _ts(default_factory=utcnow)
+
+
+# --- campaigns and deliveries --------------------------------------------------------------
+
+
+class Campaign(SQLModel, table=True):
+    """A campaign: its validated spec and where it stands."""
+
+    __table_args__ = (UniqueConstraint("program_id", "key", name="uq_campaign_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int = Field(foreign_key="program.id", index=True)
+    key: str = Field(max_length=64)
+    name: str = Field(max_length=200)
+    kind: str = Field(default=CampaignKind.broadcast, max_length=16)
+    status: str = Field(default=CampaignStatus.draft, max_length=16)
+    topic: str = Field(max_length=64)
+    spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    spec_hash: str = Field(max_length=64)
+    budget_limit: Decimal | None = Field(default=None, sa_column=Column(Numeric(14, 4)))
+    budget_spent: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(14, 4), nullable=False))
+    version: int = Field(default=1)
+    workflow_id: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _ts(default_factory=utcnow)
+    started_at: datetime | None = _ts(default=None)
+    finished_at: datetime | None = _ts(default=None)
+
+
+class Delivery(SQLModel, table=True):
+    """One intended message. Status moves forward only (see DeliveryStatus)."""
+
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "member_id", "step", "occurrence", name="uq_delivery"),
+        Index("ix_delivery_campaign_status", "campaign_id", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = Field(foreign_key="campaign.id")
+    member_id: int = Field(foreign_key="member.id", index=True)
+    step: str = Field(default="main", max_length=32)
+    occurrence: str = Field(default="wave-1", max_length=128)
+    status: str = Field(max_length=16)
+    reason: str | None = Field(default=None, max_length=64)
+    channel: str | None = Field(default=None, max_length=16)
+    locale: str | None = Field(default=None, max_length=35)
+    variant: str | None = Field(default=None, max_length=32)
+    cost: Decimal | None = Field(default=None, sa_column=Column(Numeric(12, 4)))
+    provider_message_id: str | None = Field(default=None, max_length=255)
+    error_code: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _ts(default_factory=utcnow)
+    updated_at: datetime = _ts(default_factory=utcnow)
+    sent_at: datetime | None = _ts(default=None)
+
+
+class Response(SQLModel, table=True):
+    """A member's (or provider's) response to a delivery; deduplicated by the provider's event id."""
+
+    __table_args__ = (UniqueConstraint("provider_event_id", name="uq_response_provider_event"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int = Field(foreign_key="delivery.id", index=True)
+    kind: str = Field(max_length=16)
+    at: datetime = _ts(default_factory=utcnow)
+    value: Decimal | None = Field(default=None, sa_column=Column(Numeric(14, 4)))
+    provider_event_id: str | None = Field(default=None, max_length=255)
+
+
+# --- access --------------------------------------------------------------------------------
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key: only its SHA-256 is stored; the prefix finds the row."""
+
+    __tablename__ = "api_key"
+
+    id: int | None = Field(default=None, primary_key=True)
+    prefix: str = Field(unique=True, max_length=16)
+    key_hash: str = Field(max_length=64)
+    role: str = Field(max_length=16)
+    name: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _ts(default_factory=utcnow)
+    revoked_at: datetime | None = _ts(default=None)
