@@ -113,6 +113,9 @@ class DeliveryActivities:
         self._final_attempt = final_attempt
         self._campaigns: dict[int, _CampaignCtx] = {}
 
+    async def aclose(self) -> None:
+        await self._email.aclose()
+
     # --- small activities -------------------------------------------------------------------
 
     @activity.defn(name="count_audience")

@@ -1,0 +1,334 @@
+"""The `clarion` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+from sqlalchemy import select
+from sqlmodel import Session
+
+from app.errors import ClarionError, as_clarion_error
+from app.settings import Settings
+from app.temporal import TemporalUnavailable
+from campaigns.spec import SpecError
+from members.service import ProgramNotFound
+from storage.tables import Role
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Clarion: campaign orchestrator for loyalty programs.")
+db_app = typer.Typer(no_args_is_help=True, help="The database.")
+members_app = typer.Typer(no_args_is_help=True, help="Members.")
+campaign_app = typer.Typer(no_args_is_help=True, help="Campaigns: launch and steer.")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
+programs_app = typer.Typer(no_args_is_help=True, help="Loyalty programs.")
+app.add_typer(db_app, name="db")
+app.add_typer(members_app, name="members")
+app.add_typer(campaign_app, name="campaign")
+app.add_typer(keys_app, name="keys")
+app.add_typer(programs_app, name="programs")
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+ProgramOpt = Annotated[str, typer.Option("--program", "-p", help="the program's key")]
+
+
+def settings() -> Settings:
+    return Settings()
+
+
+def friendly(fn: F) -> F:
+    """Typed errors → one clear line on stderr and exit code 1 (2 for bad input)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ClarionError, SpecError, ProgramNotFound) as exc:
+            e = as_clarion_error(exc)
+            problems = getattr(e, "problems", None)
+            if problems:
+                err.print("[red]error:[/] invalid input")
+                for path, message in problems:
+                    err.print(f"  {path or '-'}: {message}")
+            else:
+                err.print(f"[red]error:[/] {e.message}")
+            raise typer.Exit(2 if e.status_code == 422 else 1) from None
+        except TemporalUnavailable as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def _engine():  # noqa: ANN202
+    from storage.db import make_engine
+
+    return make_engine(settings().db_url)
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+@app.command()
+def up() -> None:
+    """Start the embedded stack: Temporal dev server (unless CLARION_TEMPORAL_ADDRESS is set), worker,
+    API and the local mail server. Ctrl-C stops everything."""
+    from app.stack import embedded_stack
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with embedded_stack(settings()) as stack:
+            out.print("[bold green]Clarion is up[/]")
+            for name, url in stack.urls.items():
+                out.print(f"  {name:<32} {url}")
+            out.print("Ctrl-C to stop.", highlight=False)
+            await stop.wait()
+            out.print("stopping…")
+
+    asyncio.run(run())
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker only (Temporal at CLARION_TEMPORAL_ADDRESS or the local dev server)."""
+    from app.temporal import connect
+    from app.worker import build_worker
+
+    @friendly
+    def go() -> None:
+        async def run() -> None:
+            s = settings()
+            client = await connect(s)
+            w = build_worker(client, s)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            async with w:
+                out.print(f"worker polling task queue {s.temporal_task_queue!r} at {s.temporal_target}")
+                await stop.wait()
+        asyncio.run(run())
+    go()
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API only."""
+    import uvicorn
+
+    from app.api.main import create_app
+
+    s = settings()
+    uvicorn.run(create_app(s), host=s.api_host, port=s.api_port)
+
+
+@app.command()
+def demo(members: Annotated[int, typer.Option(help="how many demo members")] = 1200) -> None:
+    """Seed a demo program, launch a demo broadcast, show progress, print the report, stop."""
+    from app.demo import run_demo
+
+    raise typer.Exit(friendly(lambda: asyncio.run(run_demo(settings(), members=members, console=out)))())
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the database migrations (Alembic) up to the newest."""
+    from storage.migrate import upgrade
+
+    s = settings()
+    upgrade(s.db_url)
+    out.print(f"database up to date: {s.db_url}")
+
+
+# --- programs, members ----------------------------------------------------------------------
+
+
+@programs_app.command("create")
+@friendly
+def programs_create(key: str, name: Annotated[str, typer.Option()],
+                    locale: Annotated[str, typer.Option(help="default locale")] = "en",
+                    time_zone: Annotated[str, typer.Option()] = "UTC",
+                    currency: Annotated[str, typer.Option()] = "EUR") -> None:
+    """Create a loyalty program (idempotent)."""
+    from members.service import ensure_program
+
+    p = ensure_program(engine=_engine(), key=key, name=name, default_locale=locale, time_zone=time_zone,
+                       currency=currency)
+    out.print(f"program {p.key!r} ({p.name})")
+
+
+@members_app.command("import")
+@friendly
+def members_import(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+                   program: ProgramOpt) -> None:
+    """Import members from a CSV (header: external_id, email, phone, first_name, last_name, locale,
+    time_zone, kind, attr.<name>, consent.<channel>.<topic>). Bad rows are reported; good rows are kept."""
+    from members.service import get_program, import_csv
+
+    engine = _engine()
+    with Session(engine) as s:
+        program_id = get_program(s, program).id or 0
+    size = file.stat().st_size
+    try:
+        with file.open("r", encoding="utf-8", newline="") as fh, Progress(
+            TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), console=err,
+        ) as bar:
+            task = bar.add_task("rows", total=None)
+            result = import_csv(engine=engine, program_id=program_id, stream=fh,
+                                progress=lambda n: bar.advance(task, n))
+    except UnicodeDecodeError as exc:
+        raise ClarionError(f"{file}: not UTF-8 text (byte {exc.start}); save the CSV as UTF-8",
+                           field="file") from None
+    for e in result.errors[:50]:
+        err.print(f"  line {e.line}: {e.field}: {e.message}" + (f" (member {e.external_id})" if e.external_id else ""))
+    if len(result.errors) > 50:
+        err.print(f"  … and {len(result.errors) - 50} more bad rows")
+    out.print(f"{file.name} ({size} bytes): {result.created} created, {result.updated} updated, "
+              f"{len(result.errors)} rejected")
+    if result.errors:
+        raise typer.Exit(1)
+
+
+# --- campaigns ------------------------------------------------------------------------------
+
+
+def _with_client(coro_fn: Callable[..., Any]) -> Any:
+    from app.temporal import connect
+
+    async def run() -> Any:
+        client = await connect(settings())
+        return await coro_fn(client)
+    return asyncio.run(run())
+
+
+def _print_view(view: Any) -> None:
+    c = view.counts
+    total = "?" if view.total is None else view.total
+    source = "live" if view.live else "from the database"
+    out.print(f"{view.program}/{view.key}: [bold]{view.status}[/] ({source}); audience {total}; "
+              f"sent {c.sent}, suppressed {c.suppressed}, failed {c.failed}, in doubt {c.in_doubt}, "
+              f"already done {c.already_done}")
+
+
+@campaign_app.command("launch")
+@friendly
+def campaign_launch(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+                    follow: Annotated[bool, typer.Option(help="show progress until it ends")] = False) -> None:
+    """Validate a campaign spec (YAML) and launch it. Launching the same spec again is one run."""
+    from app import campaigns as service
+    from app.demo import follow as follow_progress
+    from campaigns.spec import load_spec
+    from templates.render import Renderer
+
+    spec = load_spec(file.read_text("utf-8"))
+    engine = _engine()
+
+    async def go(client: Any) -> Any:
+        view = await service.launch(engine=engine, client=client, settings=settings(), spec=spec,
+                                    renderer=Renderer())
+        if follow:
+            view = await follow_progress(view, engine=engine, client=client, console=out)
+        return view
+
+    _print_view(_with_client(go))
+
+
+def _steer(action: str) -> Callable[..., None]:
+    @friendly
+    def command(key: str, program: ProgramOpt) -> None:
+        from app import campaigns as service
+
+        engine = _engine()
+        if action == "status":
+            view = _with_client(lambda c: service.status_of(engine=engine, client=c, program=program, key=key))
+        else:
+            view = _with_client(lambda c: service.signal(engine=engine, client=c, program=program, key=key,
+                                                         action=action))
+        _print_view(view)
+    command.__doc__ = {"status": "Show a campaign's status and progress (live from its workflow).",
+                       "pause": "Pause a running campaign (batches in flight finish).",
+                       "resume": "Resume a paused campaign.",
+                       "cancel": "Cancel a campaign: nothing more is sent."}[action]
+    return command
+
+
+for _action in ("status", "pause", "resume", "cancel"):
+    campaign_app.command(_action)(_steer(_action))
+
+
+@app.command()
+@friendly
+def report(key: str, program: ProgramOpt,
+           format: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table") -> None:
+    """The campaign report: audience, suppressed by reason, sent, failed; by locale."""
+    from analytics.report import campaign_report
+    from app.errors import NotFound
+    from app.report_view import print_report, report_csv
+    from members.service import get_program
+    from storage.tables import Campaign
+
+    engine = _engine()
+    with Session(engine) as s:
+        prog = get_program(s, program)
+        cid = s.scalar(select(Campaign.id).where(Campaign.program_id == prog.id, Campaign.key == key))
+    if cid is None:
+        raise NotFound(f"campaign {key!r} not found in program {program!r}", field="key")
+    rep = campaign_report(engine, cid)
+    if format == "csv":
+        sys.stdout.write(report_csv(rep))
+    elif format == "json":
+        sys.stdout.write(json.dumps(dataclasses.asdict(rep), indent=2) + "\n")
+    else:
+        print_report(rep, out)
+
+
+# --- keys, mailbox --------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(role: Annotated[Role, typer.Option(help="admin, marketer, core, analyst or pos")],
+                name: Annotated[str | None, typer.Option(help="what the key is for")] = None) -> None:
+    """Create an API key. It is shown once; only its hash is stored."""
+    from app.keys import create_key
+
+    key = create_key(engine=_engine(), role=role, name=name)
+    err.print(f"API key for role {role.value!r} (shown once, store it now):")
+    print(key)
+
+
+@app.command()
+def mailbox(limit: Annotated[int, typer.Option(help="show the last N messages")] = 20) -> None:
+    """List what the embedded local mail server received (var/mail)."""
+    from app.mailbox import list_mail
+
+    s = settings()
+    mails = list_mail(s.maildir)
+    t = Table(title=f"{s.maildir}: {len(mails)} messages")
+    for col in ("date", "to", "subject"):
+        t.add_column(col)
+    for m in mails[-limit:]:
+        t.add_row(m.date, m.to, m.subject)
+    out.print(t)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

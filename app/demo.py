@@ -1,0 +1,115 @@
+"""`clarion demo`: seed a demo program, launch a broadcast, show progress, print the report."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from analytics.report import campaign_report
+from app import campaigns as service
+from app.errors import Conflict
+from app.mailbox import list_mail
+from app.report_view import print_report
+from app.settings import Settings
+from app.stack import embedded_stack
+from campaigns.spec import load_spec
+from members.profile import ConsentGrant, MemberIn
+from members.service import ensure_program, upsert_members
+from storage.db import make_engine
+from storage.tables import Campaign, Member
+from templates.render import Renderer
+
+SPEC = Path(__file__).resolve().parent.parent / "examples" / "double-points.yaml"
+ZONES = ["Europe/Moscow", "Asia/Yekaterinburg", "Asia/Vladivostok", "Europe/London", "America/New_York"]
+NAMES = {"ru": ["Анна", "Иван", "Мария", "Олег", "Светлана", "Дмитрий"],
+         "en": ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank"],
+         "de": ["Jonas", "Lena", "Paul"]}
+
+
+def demo_members(n: int, seed: int = 42) -> list[tuple[None, str, MemberIn]]:
+    """Deterministic demo members: ru/en (and a few de, who fall back to en), several time zones,
+    addresses at a demo domain; marketing consent for most, revoked for some, none for others."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(1, n + 1):
+        locale = rnd.choices(["ru", "en", "en-US", "de"], weights=[45, 35, 12, 8])[0]
+        lang = locale.split("-")[0]
+        roll = rnd.random()
+        consents = []
+        if roll < 0.85:
+            consents.append(ConsentGrant(channel="email", topic="promotions", action="granted",
+                                         wording_version="demo-v1"))
+        elif roll < 0.90:
+            consents.append(ConsentGrant(channel="email", topic="promotions", action="revoked"))
+        out.append((None, f"DEMO-{i:06d}", MemberIn(
+            first_name=rnd.choice(NAMES[lang]), locale=locale, time_zone=rnd.choice(ZONES),
+            email=None if rnd.random() < 0.02 else f"member{i:06d}@demo.clarion.example",
+            attributes={"tier": rnd.choices(["basic", "silver", "gold"], weights=[70, 20, 10])[0]},
+            consents=consents,
+        )))
+    return out
+
+
+def seed(settings: Settings, members: int, console: Console) -> None:
+    engine = make_engine(settings.db_url)
+    program = ensure_program(engine=engine, key="demo", name="Clarion Demo Shop", default_locale="en",
+                             time_zone="Europe/Moscow", currency="RUB")
+    with Session(engine) as s:
+        have = s.scalar(select(func.count()).select_from(Member).where(Member.program_id == program.id)) or 0
+    if have >= members:
+        console.print(f"demo program: {have} members already seeded")
+        return
+    items = demo_members(members)[have:]
+    for i in range(0, len(items), 500):
+        upsert_members(engine=engine, program_id=program.id or 0, items=items[i:i + 500])
+    console.print(f"demo program: seeded {len(items)} members (ru, en, en-US, de; 5 time zones)")
+    engine.dispose()
+
+
+async def run_demo(settings: Settings, *, members: int = 1200, console: Console | None = None) -> int:
+    console = console or Console()
+    async with embedded_stack(settings) as stack:
+        for name, url in stack.urls.items():
+            console.print(f"  {name:<32} {url}")
+        await asyncio.to_thread(seed, settings, members, console)
+        engine = make_engine(settings.db_url)
+        spec = load_spec(SPEC.read_text("utf-8"))
+        try:
+            view = await service.launch(engine=engine, client=stack.client, settings=settings, spec=spec,
+                                        renderer=Renderer())
+        except Conflict as exc:
+            console.print(f"[yellow]{exc.message}[/]")
+        else:
+            await follow(view, engine=engine, client=stack.client, console=console)
+        with Session(engine) as s:
+            cid = s.scalar(select(Campaign.id).where(Campaign.key == spec.key))
+        print_report(campaign_report(engine, cid or 0), console)
+        console.print(f"mailbox {settings.maildir}: {len(list_mail(settings.maildir))} messages "
+                      "(list them with `clarion mailbox`)")
+        engine.dispose()
+    return 0
+
+
+async def follow(view: service.CampaignView, *, engine, client, console: Console) -> service.CampaignView:
+    """A progress bar with sent/suppressed counts until the campaign finishes."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("sent {task.fields[sent]}  suppressed {task.fields[suppressed]}  "
+                          "failed {task.fields[failed]}  in doubt {task.fields[in_doubt]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(view.key, total=view.total, sent=0, suppressed=0, failed=0, in_doubt=0)
+        while True:
+            c = view.counts
+            done = c.sent + c.suppressed + c.failed + c.in_doubt + c.already_done
+            bar.update(task, total=view.total, completed=done, sent=c.sent, suppressed=c.suppressed,
+                       failed=c.failed, in_doubt=c.in_doubt, description=f"{view.key} ({view.status})")
+            if service.is_finished(view) or not view.live:
+                return view
+            await asyncio.sleep(0.3)
+            view = await service.status_of(engine=engine, client=client, program=view.program, key=view.key)
