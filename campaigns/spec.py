@@ -126,12 +126,16 @@ def parse_spec(data: Any) -> CampaignSpec:
     try:
         return CampaignSpec.model_validate(data)
     except ValidationError as exc:
-        problems = []
+        problems: dict[str, str] = {}
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if p not in ("function-after[_value_fits_op(), Condition]",))
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append((_path(loc), msg))
-        raise SpecError(problems) from None
+            loc = tuple(err["loc"])
+            if "value" in loc:  # a union's members each report; one problem at the value is enough
+                loc = loc[:loc.index("value") + 1]
+                msg = "use text, a number, true/false, or a list of those"
+            else:
+                msg = err["msg"].removeprefix("Value error, ")
+            problems.setdefault(_path(loc), msg)
+        raise SpecError(list(problems.items())) from None
 
 
 def load_spec(text: str) -> CampaignSpec:

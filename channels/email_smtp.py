@@ -24,7 +24,7 @@ from channels.base import (
     SendReceipt,
     TransientChannelError,
 )
-from channels.mime import build_email, encode_header_value, new_boundary
+from channels.mime import ascii_address, build_email, encode_header_value, new_boundary
 from storage.tables import ChannelName
 
 
@@ -95,8 +95,12 @@ class SmtpEmailChannel:
         return self._idle
 
     async def send(self, msg: OutboundMessage) -> SendReceipt:
+        try:
+            to = ascii_address(msg.to)
+        except (ValueError, UnicodeError) as exc:
+            raise PermanentChannelError(f"email: cannot address this mailbox ({exc})", code="address") from exc
         data = self.build(msg)
-        return await self.send_bytes(msg.to, data, message_id=msg.message_id or "")
+        return await self.send_bytes(to, data, message_id=msg.message_id or "")
 
     async def send_bytes(self, to: str, data: bytes, *, message_id: str) -> SendReceipt:
         pool = await self._pool()

@@ -18,7 +18,17 @@ def encode_header_value(value: str) -> str:
     """RFC 2047 for non-ASCII (or long) header values; ASCII passes through."""
     if value.isascii() and len(value) < 900 and "\n" not in value and "\r" not in value:
         return value
-    return Header(value.replace("\r", " ").replace("\n", " "), "utf-8").encode(maxlinelen=76)
+    return Header(value.replace("\r", " ").replace("\n", " "), "utf-8").encode(maxlinelen=76, linesep="\r\n")
+
+
+def ascii_address(address: str) -> str:
+    """``anna@пример.рф`` → ``anna@xn--e1afmkfd.xn--p1ai``; a non-ASCII local part needs SMTPUTF8 (ValueError)."""
+    if address.isascii():
+        return address
+    local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        raise ValueError("the address's local part is not ASCII (needs SMTPUTF8)")
+    return f"{local}@{domain.encode('idna').decode('ascii')}"
 
 
 def _b64_lines(text: str) -> str:
@@ -34,7 +44,7 @@ def build_email(*, sender: str, to: str, subject: str, text: str, html: str | No
                 boundary: str) -> bytes:
     head = [
         f"From: {sender}",
-        f"To: {to}",
+        f"To: {ascii_address(to)}",
         f"Subject: {encode_header_value(subject)}",
         f"Date: {format_datetime(date)}",
         f"Message-ID: {message_id}",

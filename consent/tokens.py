@@ -31,7 +31,9 @@ class Signer:
     secret: bytes
 
     def sign(self, purpose: str, payload: dict, *, ttl_s: int, now: float | None = None) -> str:
-        body = {"p": purpose, "e": int((now or time.time()) + ttl_s), **payload}
+        if "p" in payload or "e" in payload:
+            raise ValueError("payload keys 'p' and 'e' are reserved (purpose, expiry)")
+        body = {**payload, "p": purpose, "e": int((time.time() if now is None else now) + ttl_s)}
         raw = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
         mac = hmac.new(self.secret, raw, hashlib.sha256).digest()[:20]
         return f"{_b64(raw)}.{_b64(mac)}"
@@ -49,7 +51,7 @@ class Signer:
             body = json.loads(raw)
         except ValueError as exc:  # pragma: no cover - a valid MAC over bad JSON is our own bug
             raise BadToken() from exc
-        if body.get("p") != purpose or int(body.get("e", 0)) < (now or time.time()):
+        if body.get("p") != purpose or int(body.get("e", 0)) < (time.time() if now is None else now):
             raise BadToken()
         return body
 

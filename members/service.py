@@ -117,6 +117,9 @@ def parse_row(line: int, raw: dict[str, str]) -> tuple[str, MemberIn] | RowError
         if col is None:
             return RowError(line, ext, "row", "more values than columns")
         value = (value or "").strip()
+        if not (col.startswith(("attr.", "consent.")) or col in PROFILE_COLUMNS or col == "external_id") \
+                or col == "attributes":
+            return RowError(line, ext, col, "unknown column")
         if col == "external_id" or value == "":
             continue
         if col.startswith("attr."):
@@ -130,10 +133,8 @@ def parse_row(line: int, raw: dict[str, str]) -> tuple[str, MemberIn] | RowError
             granted = value.lower() in ("yes", "true", "1")
             data["consents"].append({"channel": parts[1], "topic": parts[2],
                                      "action": "granted" if granted else "revoked"})
-        elif col in PROFILE_COLUMNS and col != "attributes":
-            data[col] = value
         else:
-            return RowError(line, ext, col, "unknown column")
+            data[col] = value
     try:
         return ext, MemberIn.model_validate(data)
     except ValidationError as exc:

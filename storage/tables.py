@@ -145,6 +145,7 @@ class Member(SQLModel, table=True):
 class PushToken(SQLModel, table=True):
     """A device token registered by the loyalty app."""
 
+    __tablename__ = "push_token"
     __table_args__ = (UniqueConstraint("member_id", "token", name="uq_push_token"),)
 
     id: int | None = Field(default=None, primary_key=True)

@@ -212,10 +212,6 @@ def test_spec_error_text_lists_every_problem_with_its_path():
     assert str(error) == "channels[0]: bad channel; start_at: naive"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG campaigns/spec.py parse_spec: a filter value of the wrong type is reported as five problems "
-    "at internal pydantic union paths (audience.filter[0].value.str, ...value.int, "
-    "...value.list[union[str,int,float,bool]]) instead of one problem at audience.filter[0].value"))
 def test_filter_value_of_wrong_type_is_one_problem_at_the_value_path():
     data = base(audience={"filter": [{"field": "locale", "value": {"lang": "ru"}}]})
 

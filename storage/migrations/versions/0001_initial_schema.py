@@ -164,7 +164,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_event_member_id'), ['member_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_event_program_id'), ['program_id'], unique=False)
 
-    op.create_table('pushtoken',
+    op.create_table('push_token',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('member_id', sa.Integer(), nullable=False),
     sa.Column('token', sqlmodel.sql.sqltypes.AutoString(length=4096), nullable=False),
@@ -174,8 +174,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('member_id', 'token', name='uq_push_token')
     )
-    with op.batch_alter_table('pushtoken', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_pushtoken_member_id'), ['member_id'], unique=False)
+    with op.batch_alter_table('push_token', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_push_token_member_id'), ['member_id'], unique=False)
 
     op.create_table('consent_state',
     sa.Column('member_id', sa.Integer(), nullable=False),
@@ -220,10 +220,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_consent_state_program_id'))
 
     op.drop_table('consent_state')
-    with op.batch_alter_table('pushtoken', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_pushtoken_member_id'))
+    with op.batch_alter_table('push_token', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_push_token_member_id'))
 
-    op.drop_table('pushtoken')
+    op.drop_table('push_token')
     with op.batch_alter_table('event', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_event_program_id'))
         batch_op.drop_index(batch_op.f('ix_event_member_id'))

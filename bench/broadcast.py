@@ -1,0 +1,540 @@
+"""Broadcast throughput: the whole pipeline against a raw SMTP loop, to the same local sink.
+
+    .venv/bin/python bench/broadcast.py [--members N] [--connections C] [--runs R]
+
+Each run, from scratch:
+
+1. a fresh SQLite file in a temporary folder, migrated with Alembic, seeded with N synthetic members of
+   program "bench" (ru/en, ~90% with email/promotions consent) through ``members.service.upsert_members``
+   in batches (timed on its own);
+2. a local SMTP sink in another process: Postfix's ``smtp-sink`` when found, else a small aiosmtpd
+   server that counts and discards what it receives;
+3. the pipeline: an in-memory Temporal dev server, a worker in this process built by ``app.worker``
+   (SMTP pool of C connections), a broadcast launched with ``app.campaigns.launch`` (template
+   ``double_points``), completion seen by polling ``app.campaigns.status_of``; timed from the launch
+   call to the first poll that sees it finished;
+4. the baseline: C concurrent ``aiosmtplib.SMTP`` clients sending, in a loop, as many messages as the
+   pipeline sent, pre-serialized once up front (same template, same headers, same builder as the
+   pipeline, so the same size), to the same sink.
+
+It prints figures; it never asserts timings. Every process it starts is stopped on exit, error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import aiosmtplib  # noqa: E402
+from temporalio.testing import WorkflowEnvironment  # noqa: E402
+
+from app import campaigns as service  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from app.temporal import temporal_cli  # noqa: E402
+from app.worker import build_worker, delivery_activities, email_channel, signer  # noqa: E402
+from campaigns.spec import parse_spec  # noqa: E402
+from channels.base import OutboundMessage  # noqa: E402
+from consent.tokens import UNSUBSCRIBE, UNSUBSCRIBE_TTL_S  # noqa: E402
+from members.profile import ConsentGrant, MemberIn  # noqa: E402
+from members.service import ensure_program, upsert_members  # noqa: E402
+from storage.db import make_engine  # noqa: E402
+from storage.migrate import upgrade  # noqa: E402
+from templates.render import Renderer  # noqa: E402
+
+PROGRAM = "bench"
+TEMPLATE = "double_points"
+SEED_BATCH = 2000
+POLL_S = 0.2
+NAMES = {"ru": ["Анна", "Иван", "Мария", "Олег", "Светлана", "Дмитрий"],
+         "en": ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank"]}
+ZONES = ["Europe/Moscow", "Asia/Yekaterinburg", "Europe/London", "America/New_York"]
+EMAIL_DOMAIN = "bench.clarion.example"
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+# --- synthetic members ------------------------------------------------------------------------
+
+def bench_members(n: int, seed: int = 7) -> tuple[list[tuple[None, str, MemberIn]], int]:
+    """n members, ru/en half and half; 90% granted email/promotions, 5% revoked, 5% never asked.
+    Returns the items and how many may be sent to."""
+    rnd = random.Random(seed)
+    items, allowed = [], 0
+    for i in range(1, n + 1):
+        locale = "ru" if rnd.random() < 0.5 else "en"
+        roll = rnd.random()
+        if roll < 0.90:
+            consents = [ConsentGrant(channel="email", topic="promotions", wording_version="bench-v1")]
+            allowed += 1
+        elif roll < 0.95:
+            consents = [ConsentGrant(channel="email", topic="promotions", action="revoked")]
+        else:
+            consents = []
+        items.append((None, f"B{i:07d}", MemberIn(
+            first_name=rnd.choice(NAMES[locale]), locale=locale, time_zone=rnd.choice(ZONES),
+            email=f"member{i:07d}@{EMAIL_DOMAIN}",
+            attributes={"tier": rnd.choices(["basic", "silver", "gold"], weights=[70, 20, 10])[0]},
+            consents=consents,
+        )))
+    return items, allowed
+
+
+def seed_db(db_url: str, n: int) -> tuple[int, float, float]:
+    """Migrate and seed. Returns (members allowed to receive, migrate seconds, seed seconds)."""
+    t0 = time.perf_counter()
+    upgrade(db_url)
+    t1 = time.perf_counter()
+    engine = make_engine(db_url)
+    try:
+        program = ensure_program(engine=engine, key=PROGRAM, name="Bench Shop", default_locale="en",
+                                 time_zone="Europe/Moscow", currency="RUB")
+        items, allowed = bench_members(n)
+        for i in range(0, len(items), SEED_BATCH):
+            upsert_members(engine=engine, program_id=program.id or 0, items=items[i:i + SEED_BATCH])
+    finally:
+        engine.dispose()
+    return allowed, t1 - t0, time.perf_counter() - t1
+
+
+# --- the SMTP sink, in another process ----------------------------------------------------------
+
+AIOSMTPD_SINK = r"""
+import asyncio, signal, sys
+from aiosmtpd.smtp import SMTP
+
+count = 0
+
+class Sink:
+    async def handle_DATA(self, server, session, envelope):
+        global count
+        count += 1
+        return "250 2.0.0 Ok"
+
+async def main(host, port):
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(Sink(), hostname="bench-sink"), host, port)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("ready", flush=True)
+    last = -1
+    while not stop.is_set():
+        if count != last:
+            last = count
+            print(f"mesg={count}", flush=True)
+        try:
+            await asyncio.wait_for(stop.wait(), 0.2)
+        except asyncio.TimeoutError:
+            pass
+    print(f"mesg={count}", flush=True)
+    server.close()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+_MESG = re.compile(rb"mesg=(\d+)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Linux: the sink gets SIGTERM if this process dies without cleaning up (kill -9)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def find_smtp_sink() -> str | None:
+    found = shutil.which("smtp-sink")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/smtp-sink", "/usr/local/sbin/smtp-sink"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+class Sink:
+    """A sink process; its counter output goes to a file, from which ``received()`` reads the count."""
+
+    def __init__(self, kind: str, port: int, workdir: Path) -> None:
+        self.kind, self.port = kind, port
+        self.log = workdir / f"sink-{port}.out"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if self.kind == "smtp-sink":
+            exe = find_smtp_sink()
+            assert exe
+            cmd = [exe, "-c"]
+            if os.geteuid() == 0:
+                cmd += ["-u", "nobody"]  # smtp-sink refuses to run as root without it
+            cmd += [f"127.0.0.1:{self.port}", "1000"]
+        else:
+            cmd = [sys.executable, "-c", AIOSMTPD_SINK, "127.0.0.1", str(self.port)]
+        with open(self.log, "wb") as out:
+            # own session: a Ctrl-C in the terminal reaches only us, and we stop it in order
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the SMTP sink exited ({self.proc.returncode}): {self.log.read_text()[-500:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.settimeout(5)
+                    if s.recv(512).startswith(b"220"):
+                        s.sendall(b"QUIT\r\n")
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the SMTP sink did not answer within 15 s")
+
+    def received(self) -> int | None:
+        """Messages received so far (the sink's own counter), None if unreadable."""
+        try:
+            data = self.log.read_bytes()
+        except OSError:
+            return None
+        found = _MESG.findall(data[-4096:])
+        return int(found[-1]) if found else 0
+
+    async def settled_count(self, expect_at_least: int, wait_s: float = 3.0) -> int | None:
+        deadline = time.monotonic() + wait_s
+        got = self.received()
+        while (got is None or got < expect_at_least) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            got = self.received()
+        return got
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+def reset_peak_rss() -> bool:
+    """Linux: reset this process's peak RSS (VmHWM, and with it ru_maxrss) so that a phase is measured alone."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def maxrss_mib() -> float:
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024 if sys.platform != "darwin" else kib / (1024 * 1024)
+
+
+def child_hwm_mib(name: str) -> float | None:
+    """Peak RSS of a child process of ours whose command name starts with `name` (Linux only)."""
+    me = str(os.getpid())
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        if fields.get("PPid", "").strip() == me and fields.get("Name", "").strip().startswith(name):
+            hwm = fields.get("VmHWM", "").split()
+            return int(hwm[0]) / 1024 if hwm else None
+    return None
+
+
+# --- the baseline: raw aiosmtplib ---------------------------------------------------------------
+
+def prebuilt_messages(settings: Settings, variants: int = 64) -> list[tuple[str, bytes]]:
+    """`variants` messages built exactly as DeliveryActivities._message + SmtpEmailChannel.build do
+    (same template, context shape, unsubscribe token, headers and MIME builder): realistic sizes."""
+    renderer, sign, channel = Renderer(), signer(settings), email_channel(settings)
+    items, _ = bench_members(variants, seed=11)
+    mailto_domain = settings.unsubscribe_mailto.rsplit("@", 1)[-1]
+    out = []
+    for i, (_, _, m) in enumerate(items, start=1):
+        delivery_id = 10_000_000 + i
+        token = sign.sign(UNSUBSCRIBE, {"d": delivery_id}, ttl_s=UNSUBSCRIBE_TTL_S)
+        url = f"{settings.base_url}/u/{token}"
+        locale = renderer.resolve_locale(TEMPLATE, m.locale, "en")
+        rendered = renderer.render_email(TEMPLATE, locale, {
+            "member": {**m.attributes, "first_name": m.first_name, "last_name": m.last_name,
+                       "kind": str(m.kind), "locale": m.locale},
+            "program": {"key": PROGRAM, "name": "Bench Shop", "currency": "RUB"},
+            "campaign": {"key": "bench-raw", "name": "Bench broadcast"}, "unsubscribe_url": url})
+        msg = OutboundMessage(
+            delivery_id=delivery_id, to=m.email or "", subject=rendered.subject, text=rendered.text,
+            html=rendered.html, message_id=f"<d{delivery_id}.c1@{mailto_domain}>",
+            headers={"List-Unsubscribe": f"<{url}>, <mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20{token}>",
+                     "List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "X-Clarion-Campaign": "bench-raw"})
+        out.append((msg.to, channel.build(msg)))
+    return out
+
+
+async def raw_send(host: str, port: int, connections: int, total: int,
+                   messages: list[tuple[str, bytes]], sender: str) -> float:
+    """C clients, each `sendmail` in a loop, sharing one counter of messages to send. Returns seconds
+    from the first connect to the last reply (connects included, as the pipeline's pool connects lazily)."""
+    clients = [aiosmtplib.SMTP(hostname=host, port=port, timeout=30) for _ in range(connections)]
+    counter = itertools.count()
+
+    async def loop(client: aiosmtplib.SMTP) -> None:
+        await client.connect()
+        while (i := next(counter)) < total:
+            to, data = messages[i % len(messages)]
+            await client.sendmail(sender, [to], data)
+
+    t0 = time.perf_counter()
+    try:
+        await asyncio.gather(*(loop(c) for c in clients))
+        return time.perf_counter() - t0
+    finally:
+        for c in clients:
+            if c.is_connected:
+                try:
+                    await c.quit()
+                except (aiosmtplib.SMTPException, OSError):
+                    c.close()
+
+
+# --- one run ------------------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    seed_s: float = 0.0
+    migrate_s: float = 0.0
+    expected: int = 0
+    pipeline_s: float = 0.0
+    workflow_s: float | None = None
+    sent: int = 0
+    suppressed: int = 0
+    failed: int = 0
+    in_doubt: int = 0
+    sink_pipeline: int | None = None
+    rss_mib: float = 0.0
+    rss_reset: bool = False
+    temporal_rss_mib: float | None = None
+    raw_s: float = 0.0
+    raw_sent: int = 0
+    sink_raw: int | None = None
+    msg_bytes: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pipeline_rate(self) -> float:
+        return self.sent / self.pipeline_s if self.pipeline_s else 0.0
+
+    @property
+    def raw_rate(self) -> float:
+        return self.raw_sent / self.raw_s if self.raw_s else 0.0
+
+    @property
+    def ratio(self) -> float:
+        return self.pipeline_rate / self.raw_rate if self.raw_rate else 0.0
+
+
+async def run_once(index: int, args: argparse.Namespace, sink_kind: str) -> RunResult:
+    res = RunResult()
+    workdir = Path(tempfile.mkdtemp(prefix=f"clarion-bench-{index}-"))
+    db_url = f"sqlite:///{(workdir / 'bench.db').as_posix()}"
+    sink = Sink(sink_kind, free_port(), workdir)
+    try:
+        say(f"[run {index}] seeding {args.members} members into {workdir / 'bench.db'} ...")
+        res.expected, res.migrate_s, res.seed_s = await asyncio.to_thread(seed_db, db_url, args.members)
+        say(f"[run {index}] migrate {res.migrate_s:.2f} s; seed {res.seed_s:.2f} s "
+            f"({args.members / res.seed_s:,.0f} members/s, batches of {SEED_BATCH}); "
+            f"{res.expected} members may be sent to")
+
+        sink.start()
+        settings = Settings(
+            _env_file=None, var_dir=workdir, database_url=db_url, mailbox_enabled=False,
+            smtp_host="127.0.0.1", smtp_port=sink.port, smtp_tls=False, smtp_starttls=False,
+            smtp_username=None, smtp_password=None, smtp_connections=args.connections,
+            page_size=args.page_size, batch_concurrency=args.batch_concurrency,
+            temporal_task_queue=f"bench-{uuid.uuid4().hex[:8]}",
+        )
+        messages = prebuilt_messages(settings)
+        res.msg_bytes = statistics.fmean(len(b) for _, b in messages)
+
+        # --- pipeline ---
+        reset_ok = reset_peak_rss()
+        env = await WorkflowEnvironment.start_local(
+            namespace="default", ip="127.0.0.1", ui=False, dev_server_existing_path=temporal_cli(),
+            dev_server_log_level="error")
+        try:
+            engine = make_engine(db_url)
+            acts = delivery_activities(settings, engine=engine)
+            try:
+                async with build_worker(env.client, settings, acts):
+                    spec = parse_spec({
+                        "key": f"bench-run-{index}", "name": "Bench broadcast", "program": PROGRAM,
+                        "topic": "promotions", "channels": ["email"], "audience": {"all": True},
+                        "template": TEMPLATE, "locale_default": "en"})
+                    renderer = Renderer()
+                    t0 = time.perf_counter()
+                    view = await service.launch(engine=engine, client=env.client, settings=settings, spec=spec,
+                                                renderer=renderer)
+                    while not service.is_finished(view) and view.live:
+                        await asyncio.sleep(POLL_S)
+                        view = await service.status_of(engine=engine, client=env.client, program=PROGRAM,
+                                                       key=spec.key)
+                    res.pipeline_s = time.perf_counter() - t0
+                    if not service.is_finished(view):
+                        raise RuntimeError(f"the campaign ended as {view.status!r} (workflow gone)")
+                    desc = await env.client.get_workflow_handle(view.workflow_id).describe()
+                    if desc.close_time and desc.start_time:
+                        res.workflow_s = (desc.close_time - desc.start_time).total_seconds()
+                    c = view.counts
+                    res.sent, res.suppressed, res.failed, res.in_doubt = c.sent, c.suppressed, c.failed, c.in_doubt
+                    res.extra["status"] = view.status
+            finally:
+                await acts.aclose()
+                engine.dispose()
+            res.rss_mib, res.rss_reset = maxrss_mib(), reset_ok
+            res.temporal_rss_mib = child_hwm_mib("temporal")
+        finally:
+            await env.shutdown()
+        res.sink_pipeline = await sink.settled_count(res.sent)
+        say(f"[run {index}] pipeline: {res.sent} sent, {res.suppressed} suppressed, {res.failed} failed, "
+            f"{res.in_doubt} in doubt ({res.extra['status']}) in {res.pipeline_s:.2f} s "
+            f"= {res.pipeline_rate:,.0f} msg/s; sink counted {res.sink_pipeline}")
+
+        # --- raw baseline: same sink, same number of messages, same connections ---
+        res.raw_sent = res.sent or res.expected
+        base = res.sink_pipeline or 0
+        res.raw_s = await raw_send("127.0.0.1", sink.port, args.connections, res.raw_sent, messages,
+                                   settings.email_from)
+        got = await sink.settled_count(base + res.raw_sent)
+        res.sink_raw = None if got is None else got - base
+        say(f"[run {index}] raw aiosmtplib: {res.raw_sent} sent in {res.raw_s:.2f} s "
+            f"= {res.raw_rate:,.0f} msg/s; sink counted {res.sink_raw}")
+        return res
+    finally:
+        sink.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_run(i: int, r: RunResult, args: argparse.Namespace) -> None:
+    wf = f"{r.workflow_s:.2f} s" if r.workflow_s is not None else "n/a"
+    temporal = f"{r.temporal_rss_mib:.0f} MiB" if r.temporal_rss_mib is not None else "n/a"
+    say(f"run {i}:")
+    say(f"  seed                 {r.seed_s:8.2f} s   ({args.members:,} members; migrate {r.migrate_s:.2f} s)")
+    say(f"  pipeline             {r.pipeline_s:8.2f} s   launch→completion seen (workflow run {wf})")
+    say(f"  messages sent        {r.sent:8d}     (expected {r.expected}; suppressed {r.suppressed}, "
+        f"failed {r.failed}, in doubt {r.in_doubt}; sink counted {r.sink_pipeline})")
+    say(f"  pipeline rate        {r.pipeline_rate:8.0f} msg/s")
+    say(f"  raw aiosmtplib rate  {r.raw_rate:8.0f} msg/s  ({r.raw_sent} messages of ~{r.msg_bytes:,.0f} B in "
+        f"{r.raw_s:.2f} s; sink counted {r.sink_raw})")
+    say(f"  pipeline / raw       {r.ratio:8.2f}")
+    say(f"  peak RSS (bench+worker process) {r.rss_mib:.0f} MiB"
+        f"{' (peak reset just before the pipeline)' if r.rss_reset else ' (whole process, incl. seeding)'}; "
+        f"Temporal dev server {temporal}")
+
+
+def print_medians(results: list[RunResult], args: argparse.Namespace) -> None:
+    med = statistics.median
+    say(f"medians of {len(results)} run(s) (N={args.members}, C={args.connections}, page_size={args.page_size}, "
+        f"batch_concurrency={args.batch_concurrency}, sink={args.sink_used}):")
+    say(f"  seed                 {med(r.seed_s for r in results):8.2f} s")
+    say(f"  pipeline             {med(r.pipeline_s for r in results):8.2f} s")
+    say(f"  messages sent        {med(r.sent for r in results):8.0f}")
+    say(f"  pipeline rate        {med(r.pipeline_rate for r in results):8.0f} msg/s")
+    say(f"  raw aiosmtplib rate  {med(r.raw_rate for r in results):8.0f} msg/s")
+    say(f"  pipeline / raw       {med(r.ratio for r in results):8.2f}")
+    say(f"  peak RSS             {med(r.rss_mib for r in results):8.0f} MiB (bench+worker process)")
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    # SIGTERM behaves like Ctrl-C: the main task is cancelled and unwinds through every `finally`
+    # (sink, worker, dev server)
+    task = asyncio.current_task()
+    assert task is not None
+    with contextlib.suppress(NotImplementedError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    results: list[RunResult] = []
+    for i in range(1, args.runs + 1):
+        results.append(await run_once(i, args, args.sink_used))
+        print_run(i, results[-1], args)
+    say()
+    print_medians(results, args)
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    base = Settings()  # CLARION_PAGE_SIZE / CLARION_BATCH_CONCURRENCY (env or .env) set the defaults
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--members", "-n", type=int, default=20000, help="synthetic members to seed")
+    p.add_argument("--connections", "-c", type=int, default=4, help="SMTP connections (pipeline and raw)")
+    p.add_argument("--runs", "-r", type=int, default=1, help="repeat the whole measurement (fresh db each)")
+    p.add_argument("--page-size", type=int, default=base.page_size, help="members per deliver_batch activity")
+    p.add_argument("--batch-concurrency", type=int, default=base.batch_concurrency,
+                   help="deliver_batch activities in flight")
+    p.add_argument("--sink", choices=["auto", "smtp-sink", "aiosmtpd"], default="auto",
+                   help="SMTP sink: Postfix smtp-sink if found (auto), else aiosmtpd")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folders (db, sink log)")
+    args = p.parse_args(argv)
+    if args.sink == "auto":
+        args.sink_used = "smtp-sink" if find_smtp_sink() else "aiosmtpd"
+    else:
+        if args.sink == "smtp-sink" and not find_smtp_sink():
+            p.error("smtp-sink not found (Debian: apt-get install postfix)")
+        args.sink_used = args.sink
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    exe = find_smtp_sink()
+    say(f"broadcast bench: N={args.members} C={args.connections} runs={args.runs} page_size={args.page_size} "
+        f"batch_concurrency={args.batch_concurrency} sink={args.sink_used}{f' ({exe})' if args.sink_used == 'smtp-sink' else ''} "
+        f"cpus={os.cpu_count()} python={sys.version.split()[0]}")
+    try:
+        return asyncio.run(main_async(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        say("interrupted; everything started was stopped")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The consent policy: who may get a message on a channel for a topic."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consent.policy import CHANNEL_WIDE, SERVICE_TOPIC, Decision, SuppressReason, decide
+
+STATUSES = ("granted", "confirmed", "revoked", "suppressed")
+
+
+@pytest.mark.parametrize("status", ["granted", "confirmed"])
+def test_member_who_opted_into_topic_gets_marketing(status):
+    assert decide({"promotions": status}, topic="promotions") == Decision(True)
+
+
+def test_member_with_no_record_gets_no_marketing():
+    assert decide({}, topic="promotions") == Decision(False, SuppressReason.no_consent)
+
+
+def test_consent_to_another_topic_does_not_cover_this_one():
+    assert decide({"news": "granted"}, topic="promotions") == Decision(False, SuppressReason.no_consent)
+
+
+def test_member_who_revoked_topic_is_suppressed():
+    assert decide({"promotions": "revoked"}, topic="promotions") == Decision(False, SuppressReason.revoked)
+
+
+def test_topic_level_suppression_blocks_marketing():
+    assert decide({"promotions": "suppressed"}, topic="promotions") == Decision(
+        False, SuppressReason.suppressed)
+
+
+def test_unknown_status_counts_as_no_consent():
+    assert decide({"promotions": "pending"}, topic="promotions") == Decision(False, SuppressReason.no_consent)
+
+
+@pytest.mark.parametrize("topic_status", ["granted", "confirmed"])
+def test_channel_wide_revocation_beats_topic_consent(topic_status):
+    states = {CHANNEL_WIDE: "revoked", "promotions": topic_status}
+
+    assert decide(states, topic="promotions") == Decision(False, SuppressReason.revoked)
+
+
+@pytest.mark.parametrize("topic_status", ["granted", "confirmed"])
+def test_suppressed_address_beats_topic_consent(topic_status):
+    states = {CHANNEL_WIDE: "suppressed", "promotions": topic_status}
+
+    assert decide(states, topic="promotions") == Decision(False, SuppressReason.suppressed)
+
+
+def test_channel_wide_grant_alone_is_not_consent_to_a_marketing_topic():
+    assert decide({CHANNEL_WIDE: "granted"}, topic="promotions") == Decision(False, SuppressReason.no_consent)
+
+
+def test_service_message_needs_no_consent():
+    assert decide({}, topic=SERVICE_TOPIC) == Decision(True)
+
+
+def test_service_message_ignores_marketing_opt_outs():
+    assert decide({"promotions": "revoked", SERVICE_TOPIC: "revoked"}, topic=SERVICE_TOPIC).allowed
+
+
+def test_service_message_is_blocked_by_channel_wide_suppression():
+    assert decide({CHANNEL_WIDE: "suppressed"}, topic=SERVICE_TOPIC) == Decision(
+        False, SuppressReason.suppressed)
+
+
+def test_service_message_is_blocked_by_channel_wide_revocation():
+    assert decide({CHANNEL_WIDE: "revoked"}, topic=SERVICE_TOPIC) == Decision(False, SuppressReason.revoked)
+
+
+topics = st.sampled_from(["promotions", "news", "birthday", SERVICE_TOPIC])
+states_maps = st.dictionaries(st.sampled_from(["promotions", "news", "birthday", SERVICE_TOPIC, CHANNEL_WIDE]),
+                              st.sampled_from(STATUSES))
+
+
+@given(states=states_maps, topic=topics, blocked=st.sampled_from(["suppressed", "revoked"]))
+def test_nothing_is_allowed_while_the_whole_channel_is_blocked(states, topic, blocked):
+    decision = decide({**states, CHANNEL_WIDE: blocked}, topic=topic)
+
+    assert not decision.allowed
+    assert decision.reason == SuppressReason(blocked)
+
+
+@given(states=states_maps, topic=topics)
+def test_marketing_is_allowed_only_with_an_opt_in_for_that_topic(states, topic):
+    decision = decide(states, topic=topic)
+
+    if decision.allowed and topic != SERVICE_TOPIC:
+        assert states.get(topic) in ("granted", "confirmed")
+    if not decision.allowed:
+        assert decision.reason is not None
