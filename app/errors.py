@@ -3,6 +3,7 @@
     ClarionError                 message for a person; ``field`` names what was wrong when known
     ├── NotFound                 404
     ├── Conflict                 409 (e.g. a campaign key already used with another spec)
+    ├── Unavailable              503 (Temporal cannot be reached)
     └── Invalid                  422 (``problems``: [(path, message)])
 """
 
@@ -13,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from campaigns.spec import SpecError
+from app.temporal import TemporalUnavailable
 from members.service import ProgramNotFound
 
 
@@ -33,6 +35,10 @@ class Conflict(ClarionError):
     status_code = 409
 
 
+class Unavailable(ClarionError):
+    status_code = 503
+
+
 class Invalid(ClarionError):
     status_code = 422
 
@@ -48,6 +54,8 @@ def as_clarion_error(exc: Exception) -> ClarionError:
         return Invalid(exc.problems)
     if isinstance(exc, ProgramNotFound):
         return NotFound(str(exc), field="program")
+    if isinstance(exc, TemporalUnavailable):
+        return Unavailable(str(exc))
     raise exc
 
 
@@ -72,6 +80,6 @@ def install(app: FastAPI) -> None:
             problems.append((".".join(loc) or "body", str(e["msg"]).removeprefix("Value error, ")))
         return JSONResponse(_body(Invalid(problems)), status_code=422)
 
-    for cls in (ClarionError, SpecError, ProgramNotFound):
+    for cls in (ClarionError, SpecError, ProgramNotFound, TemporalUnavailable):
         app.add_exception_handler(cls, clarion_handler)
     app.add_exception_handler(RequestValidationError, validation_handler)

@@ -32,7 +32,7 @@ def _view(v: service.CampaignView) -> dict[str, Any]:
              openapi_extra={"requestBody": {"content": {
                  "application/json": {"schema": {"type": "object"}},
                  "application/yaml": {"schema": {"type": "string"}}}, "required": True}})
-async def launch_campaign(request: Request, engine: EngineDep, client: TemporalDep, settings: SettingsDep,
+async def launch_campaign(request: Request, engine: EngineDep, settings: SettingsDep,
                           renderer: RendererDep) -> dict[str, Any]:
     """Launch a campaign from its spec. The same spec twice is one run."""
     raw = await request.body()
@@ -44,6 +44,7 @@ async def launch_campaign(request: Request, engine: EngineDep, client: TemporalD
             spec = parse_spec(json.loads(raw or b"null"))
         except json.JSONDecodeError as exc:
             raise Invalid([("body", f"not valid JSON: {exc.msg} at line {exc.lineno}")]) from None
+    client = await request.app.state.temporal()  # only once the spec is valid
     return _view(await service.launch(engine=engine, client=client, settings=settings, spec=spec,
                                       renderer=renderer))
 
