@@ -232,10 +232,12 @@ class DeliveryActivities:
                 .order_by(Member.id)))
             counts["audience"] = len(members)
             # rows a crashed attempt left `sending`: the provider may have the message → in doubt
-            counts["in_doubt"] = s.execute(
-                update(Delivery).where(*key, Delivery.status == DeliveryStatus.sending)
-                .values(status=DeliveryStatus.in_doubt, reason="interrupted", updated_at=utcnow())
-            ).rowcount or 0
+            interrupted = set(s.scalars(select(Delivery.member_id).where(
+                *key, Delivery.status == DeliveryStatus.sending)))
+            if interrupted:
+                s.execute(update(Delivery).where(*key, Delivery.status == DeliveryStatus.sending)
+                          .values(status=DeliveryStatus.in_doubt, reason="interrupted", updated_at=utcnow()))
+            counts["in_doubt"] = len(interrupted)
             existing = {m: (d, st) for d, m, st in s.execute(
                 select(Delivery.id, Delivery.member_id, Delivery.status).where(*key))}
             states = ledger.states_for(session=s, member_ids=[m.id for m in members if m.id not in existing],
@@ -266,7 +268,7 @@ class DeliveryActivities:
         for m in members:
             delivery_id, status = existing[m.id]
             if status in FINISHED:
-                if m.id not in new_ids:
+                if m.id not in new_ids and m.id not in interrupted:
                     counts["already_done"] += 1
                 continue
             if status != DeliveryStatus.planned:  # pragma: no cover - sending was turned in_doubt above

@@ -117,7 +117,7 @@ class BroadcastCampaign:
             self._cursor = plan.pages[-1].upto
             self._rounds += 1
 
-            if self._should_continue_as_new(inp):
+            if not self._cancelled and self._should_continue_as_new(inp):
                 workflow.continue_as_new(replace(
                     inp, cursor=self._cursor, counts=self._counts, total=self._total,
                     paused=self._paused, started=True,

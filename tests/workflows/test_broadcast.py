@@ -436,10 +436,6 @@ async def test_pause_survives_continue_as_new(run_broadcast, engine: Engine) -> 
     assert result.counts.sent == n
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG workflows/broadcast.py: a cancel signal received during the last round of a run is lost "
-    "by continue_as_new (BroadcastInput carries `paused` but no `cancelled`), so the next run "
-    "keeps sending"))
 async def test_cancel_received_just_before_continue_as_new_is_not_lost(
         run_broadcast, engine: Engine) -> None:
     n = 60
@@ -533,10 +529,6 @@ async def test_crash_between_claim_and_record_leaves_rows_in_doubt_and_never_res
     assert result.counts.sent == n - 5 * pages
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG activities/delivery.py DeliveryActivities._prepare: rows a crashed attempt left `sending` "
-    "are counted in counts['in_doubt'] (l.235) and, because `existing` is re-read after that UPDATE "
-    "(l.239) and in_doubt is in FINISHED, counted again as already_done (l.268-270)"))
 async def test_counts_after_a_crash_between_claim_and_record_add_up_to_the_audience(
         run_broadcast, engine: Engine) -> None:
     n = 40
