@@ -38,7 +38,7 @@ from channels.base import (
 )
 from channels.email_smtp import SmtpEmailChannel
 from consent import ledger
-from consent.policy import CHANNEL_WIDE, SuppressReason, decide
+from consent.policy import CHANNEL_WIDE, Decision, SuppressReason, decide
 from consent.tokens import UNSUBSCRIBE, UNSUBSCRIBE_TTL_S, Signer
 from storage.db import insert_ignore, session_scope
 from storage.tables import (
@@ -168,17 +168,17 @@ class DeliveryActivities:
         final = activity.info().attempt >= self._final_attempt
         for start in range(0, len(targets), self._chunk):
             chunk = await asyncio.to_thread(self._claim, ctx, targets[start:start + self._chunk], tally)
-            outcomes = await asyncio.gather(*(self._send_one(ctx, t) for t in chunk))
-            for o in outcomes:
-                if o.status == DeliveryStatus.planned:       # transient: nothing sent, try later
-                    if final:
-                        o = _Outcome(o.delivery_id, o.member_id, DeliveryStatus.failed, "transient", o.code)
-                    else:
-                        transient.append(o)
-                        if o.retry_after:
-                            retry_after = max(retry_after or 0.0, o.retry_after)
-                        continue
-                tally[o.status] += 1
+            outcomes: list[_Outcome] = []
+            for o in await asyncio.gather(*(self._send_one(ctx, t) for t in chunk)):
+                if o.status == DeliveryStatus.planned and final:  # deferred on every attempt: give up
+                    o = _Outcome(o.delivery_id, o.member_id, DeliveryStatus.failed, "transient", o.code)
+                if o.status == DeliveryStatus.planned:           # transient: nothing sent, try later
+                    transient.append(o)
+                    if o.retry_after:
+                        retry_after = max(retry_after or 0.0, o.retry_after)
+                else:
+                    tally[o.status] += 1
+                outcomes.append(o)
             await asyncio.to_thread(self._record, ctx, outcomes)
             self._after_chunk(inp, start + len(chunk))
             activity.heartbeat(start + len(chunk))
@@ -248,7 +248,7 @@ class DeliveryActivities:
                     continue
                 decision = decide(states.get(m.id, {}), topic=ctx.spec.topic)
                 if decision.allowed and not m.email:
-                    decision = type(decision)(False, SuppressReason.no_address)
+                    decision = Decision(False, SuppressReason.no_address)
                 locale = self._locale_for(ctx, m.locale)
                 new_rows.append({
                     "campaign_id": ctx.id, "member_id": m.id, "step": inp.step, "occurrence": inp.occurrence,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -131,7 +130,3 @@ async def signal(*, engine: Engine, client: Client, program: str, key: str, acti
 
 def is_finished(view: CampaignView) -> bool:
     return view.status in (RunState.completed, RunState.cancelled, "completed", "cancelled", "failed")
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

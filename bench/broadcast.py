@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import itertools
 import os
@@ -48,6 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import aiosmtplib  # noqa: E402
+from activities.delivery import DeliveryActivities  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from app import campaigns as service  # noqa: E402
@@ -267,8 +269,20 @@ def maxrss_mib() -> float:
     return kib / 1024 if sys.platform != "darwin" else kib / (1024 * 1024)
 
 
-def child_hwm_mib(name: str) -> float | None:
-    """Peak RSS of a child process of ours whose command name starts with `name` (Linux only)."""
+def hwm_mib(pid: int | None) -> float | None:
+    """Peak RSS (VmHWM) of another process (Linux /proc)."""
+    if not pid:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _child_pid(name: str) -> int | None:
     me = str(os.getpid())
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
@@ -277,9 +291,150 @@ def child_hwm_mib(name: str) -> float | None:
             continue
         fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
         if fields.get("PPid", "").strip() == me and fields.get("Name", "").strip().startswith(name):
-            hwm = fields.get("VmHWM", "").split()
-            return int(hwm[0]) / 1024 if hwm else None
+            return int(status.parent.name)
     return None
+
+
+def cpu_s(pid: int | None = None) -> float | None:
+    """user+system CPU seconds of this process (pid None) or of another one (Linux /proc)."""
+    if pid is None:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime + ru.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used during a phase by this process and by the given other processes."""
+
+    def __init__(self, **pids: int | None) -> None:
+        self.pids = pids
+        self.start = {"bench": cpu_s(), **{k: cpu_s(p) if p else None for k, p in pids.items()}}
+
+    def used(self) -> dict[str, float | None]:
+        now = {"bench": cpu_s(), **{k: cpu_s(p) if p else None for k, p in self.pids.items()}}
+        return {k: (now[k] - v) if v is not None and now[k] is not None else None for k, v in self.start.items()}
+
+
+# --- optional: where the pipeline's time goes (--breakdown) --------------------------------------
+
+class TimedActivities(DeliveryActivities):
+    """DeliveryActivities with wall-clock timers around its steps (bench only; production code unchanged)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.wall: collections.Counter[str] = collections.Counter()
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.batches: list[tuple[float, float]] = []
+        email = kw["email"]
+        build = email.build
+
+        def timed_build(msg: OutboundMessage) -> bytes:
+            t = time.perf_counter()
+            try:
+                return build(msg)
+            finally:
+                self._add("email.build (MIME, on the event loop)", t)
+
+        email.build = timed_build  # instance attribute: this channel object only
+
+    def _add(self, name: str, since: float) -> None:
+        self.wall[name] += time.perf_counter() - since
+        self.calls[name] += 1
+
+    async def deliver_batch(self, inp: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return await super().deliver_batch(inp)
+        finally:
+            self.batches.append((t, time.perf_counter()))
+            self._add("deliver_batch activity", t)
+
+    def _prepare(self, ctx: Any, inp: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return super()._prepare(ctx, inp)
+        finally:
+            self._add("_prepare (thread, SQL)", t)
+
+    def _claim(self, ctx: Any, chunk: Any, tally: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return super()._claim(ctx, chunk, tally)
+        finally:
+            self._add("_claim (thread, SQL)", t)
+
+    def _record(self, ctx: Any, outcomes: Any) -> None:
+        t = time.perf_counter()
+        try:
+            super()._record(ctx, outcomes)
+        finally:
+            self._add("_record (thread, SQL)", t)
+
+    def _message(self, ctx: Any, t: Any) -> OutboundMessage:
+        t0 = time.perf_counter()
+        try:
+            return super()._message(ctx, t)
+        finally:
+            self._add("_message: sign+render (on the event loop)", t0)
+
+    async def _send_one(self, ctx: Any, t: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return await super()._send_one(ctx, t)
+        finally:
+            self._add("_send_one (render+build+pool wait+SMTP)", t0)
+
+    def report(self, elapsed: float) -> list[str]:
+        lines = []
+        for name, total in self.wall.most_common():
+            n = self.calls[name]
+            lines.append(f"    {name:<44} {total:8.2f} s total  {n:6d} calls  {1000 * total / n:8.3f} ms each")
+        if self.batches:
+            t0 = min(a for a, _ in self.batches)
+            t1 = max(b for _, b in self.batches)
+            events = sorted([(a, 1) for a, _ in self.batches] + [(b, -1) for _, b in self.batches])
+            running, last, idle, weighted = 0, t0, 0.0, 0.0
+            for at, d in events:
+                if running == 0:
+                    idle += at - last
+                weighted += running * (at - last)
+                running, last = running + d, at
+            lines.append(f"    deliver_batch span {t1 - t0:.2f} s of {elapsed:.2f} s; no batch running for "
+                         f"{idle:.2f} s of that span; mean batches in flight {weighted / (t1 - t0):.2f}")
+        return lines
+
+
+class LoopLag:
+    """How late a 5 ms sleep wakes up: a measure of synchronous work blocking the event loop."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(0.005)
+            self.samples.append(time.perf_counter() - t - 0.005)
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._task:
+            self._task.cancel()
+
+    def summary(self) -> str:
+        if not self.samples:
+            return "n/a"
+        xs = sorted(self.samples)
+        return (f"mean {1000 * statistics.fmean(xs):.1f} ms, p50 {1000 * xs[len(xs) // 2]:.1f} ms, "
+                f"p99 {1000 * xs[int(len(xs) * 0.99)]:.1f} ms, max {1000 * xs[-1]:.1f} ms")
 
 
 # --- the baseline: raw aiosmtplib ---------------------------------------------------------------

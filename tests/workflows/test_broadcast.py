@@ -33,7 +33,7 @@ from app.worker import WORKFLOWS, activity_list, delivery_activities
 from consent import ledger
 from consent.policy import CHANNEL_WIDE
 from storage.db import session_scope
-from storage.tables import Campaign, ChannelName, ConsentAction, ConsentSource, Delivery, Member
+from storage.tables import Campaign, ChannelName, ConsentAction, ConsentSource, ConsentState, Delivery, Member
 from tests.factories import make_campaign, seed_members
 from workflows.broadcast import BroadcastCampaign
 from workflows.contracts import BroadcastInput, DeliverBatch, Progress, RunState
@@ -632,3 +632,39 @@ async def test_consent_is_rechecked_when_a_chunk_is_claimed(run_broadcast, engin
     assert result.counts.suppressed == len(late)
     assert result.counts.sent == n - len(late)
     assert_counts_add_up(result)
+
+
+# --- 8. provider outcomes ------------------------------------------------------------------------
+
+
+async def test_hard_bounce_fails_that_member_suppresses_the_address_and_spares_the_others(
+        run_broadcast, engine: Engine) -> None:
+    n = 30
+    program = seed_members(engine, n)
+    cid = make_campaign(engine, program)
+    async with run_broadcast() as h:
+        h.smtp.refuse[email(7)] = 550
+        result: Progress = await (await h.start(cid, page_size=10, concurrency=2)).result()
+
+    assert sorted(assert_no_duplicates(h.smtp)) == sorted(email(i) for i in range(1, n + 1) if i != 7)
+    row = rows_by_email(engine, cid)[email(7)]
+    assert (row.status, row.reason, row.error_code) == ("failed", "permanent", "550")
+    assert result.counts.failed == 1 and result.counts.sent == n - 1
+    with Session(engine) as s:
+        state = s.get(ConsentState, (row.member_id, "email", "*"))
+    assert state is not None and state.status == "suppressed"
+
+
+async def test_deferred_recipient_is_retried_then_failed_without_resending_the_others(
+        run_broadcast, engine: Engine) -> None:
+    n = 20
+    program = seed_members(engine, n)
+    cid = make_campaign(engine, program)
+    async with run_broadcast(_final_attempt=3) as h:
+        h.smtp.refuse[email(4)] = 451
+        result: Progress = await (await h.start(cid, page_size=10, concurrency=2)).result()
+
+    assert sorted(assert_no_duplicates(h.smtp)) == sorted(email(i) for i in range(1, n + 1) if i != 4)
+    row = rows_by_email(engine, cid)[email(4)]
+    assert (row.status, row.reason, row.error_code) == ("failed", "transient", "451")
+    assert result.counts.failed == 1
