@@ -6,7 +6,7 @@ Each run, from scratch:
 
 1. a fresh SQLite file in a temporary folder, migrated with Alembic, seeded with N synthetic members of
    program "bench" (ru/en, ~90% with email/promotions consent) through ``members.service.upsert_members``
-   in batches (timed on its own);
+   in batches of 2000, in a child process (timed on its own, and kept out of the worker's peak RSS);
 2. a local SMTP sink in another process: Postfix's ``smtp-sink`` when found, else a small aiosmtpd
    server that counts and discards what it receives;
 3. the pipeline: an in-memory Temporal dev server, a worker in this process built by ``app.worker``
@@ -17,7 +17,8 @@ Each run, from scratch:
    pipeline sent, pre-serialized once up front (same template, same headers, same builder as the
    pipeline, so the same size), to the same sink.
 
-It prints figures; it never asserts timings. Every process it starts is stopped on exit, error or Ctrl-C.
+It prints figures; it never asserts timings. Every process it starts is stopped on exit, error, Ctrl-C or
+SIGTERM. ``--breakdown`` adds wall-clock timers around the delivery steps and an event-loop lag probe.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
+import json
 import os
 import random
 import re
@@ -49,9 +52,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import aiosmtplib  # noqa: E402
-from activities.delivery import DeliveryActivities  # noqa: E402
+from temporalio import activity  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
+from activities.delivery import DeliveryActivities  # noqa: E402
 from app import campaigns as service  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.temporal import temporal_cli  # noqa: E402
@@ -64,6 +68,7 @@ from members.service import ensure_program, upsert_members  # noqa: E402
 from storage.db import make_engine  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
 from templates.render import Renderer  # noqa: E402
+from workflows.contracts import BatchResult, DeliverBatch  # noqa: E402
 
 PROGRAM = "bench"
 TEMPLATE = "double_points"
@@ -105,8 +110,19 @@ def bench_members(n: int, seed: int = 7) -> tuple[list[tuple[None, str, MemberIn
     return items, allowed
 
 
-def seed_db(db_url: str, n: int) -> tuple[int, float, float]:
-    """Migrate and seed. Returns (members allowed to receive, migrate seconds, seed seconds)."""
+@dataclass
+class Seeded:
+    allowed: int          # members with an email address and email/promotions consent
+    migrate_s: float
+    build_s: float        # building (validating) the MemberIn profiles
+    upsert_s: float       # upsert_members, batches of SEED_BATCH
+
+    @property
+    def seed_s(self) -> float:
+        return self.build_s + self.upsert_s
+
+
+def seed_db(db_url: str, n: int) -> Seeded:
     t0 = time.perf_counter()
     upgrade(db_url)
     t1 = time.perf_counter()
@@ -115,11 +131,29 @@ def seed_db(db_url: str, n: int) -> tuple[int, float, float]:
         program = ensure_program(engine=engine, key=PROGRAM, name="Bench Shop", default_locale="en",
                                  time_zone="Europe/Moscow", currency="RUB")
         items, allowed = bench_members(n)
+        t2 = time.perf_counter()
         for i in range(0, len(items), SEED_BATCH):
             upsert_members(engine=engine, program_id=program.id or 0, items=items[i:i + SEED_BATCH])
     finally:
         engine.dispose()
-    return allowed, t1 - t0, time.perf_counter() - t1
+    t3 = time.perf_counter()
+    return Seeded(allowed=allowed, migrate_s=t1 - t0, build_s=t2 - t1, upsert_s=t3 - t2)
+
+
+async def seed_in_subprocess(db_url: str, n: int) -> Seeded:
+    """Seed in a child process, so that the bench process's peak RSS is the worker's, not the seeding's."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).resolve()), "--seed-only", db_url, "--members", str(n),
+        stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    try:
+        out, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"seeding failed (exit {proc.returncode})")
+    return Seeded(**json.loads(out.decode().strip().splitlines()[-1]))
 
 
 # --- the SMTP sink, in another process ----------------------------------------------------------
@@ -195,6 +229,10 @@ class Sink:
         self.log = workdir / f"sink-{port}.out"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
     def start(self) -> None:
         if self.kind == "smtp-sink":
             exe = find_smtp_sink()
@@ -262,6 +300,16 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def current_rss_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def maxrss_mib() -> float:
@@ -345,7 +393,8 @@ class TimedActivities(DeliveryActivities):
         self.wall[name] += time.perf_counter() - since
         self.calls[name] += 1
 
-    async def deliver_batch(self, inp: Any) -> Any:
+    @activity.defn(name="deliver_batch")
+    async def deliver_batch(self, inp: DeliverBatch) -> BatchResult:
         t = time.perf_counter()
         try:
             return await super().deliver_batch(inp)
@@ -459,7 +508,8 @@ def prebuilt_messages(settings: Settings, variants: int = 64) -> list[tuple[str,
         msg = OutboundMessage(
             delivery_id=delivery_id, to=m.email or "", subject=rendered.subject, text=rendered.text,
             html=rendered.html, message_id=f"<d{delivery_id}.c1@{mailto_domain}>",
-            headers={"List-Unsubscribe": f"<{url}>, <mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20{token}>",
+            headers={"List-Unsubscribe":
+                     f"<{url}>, <mailto:{settings.unsubscribe_mailto}?subject=unsubscribe%20{token}>",
                      "List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "X-Clarion-Campaign": "bench-raw"})
         out.append((msg.to, channel.build(msg)))
     return out
@@ -495,8 +545,7 @@ async def raw_send(host: str, port: int, connections: int, total: int,
 
 @dataclass
 class RunResult:
-    seed_s: float = 0.0
-    migrate_s: float = 0.0
+    seeded: Seeded | None = None
     expected: int = 0
     pipeline_s: float = 0.0
     workflow_s: float | None = None
@@ -504,15 +553,23 @@ class RunResult:
     suppressed: int = 0
     failed: int = 0
     in_doubt: int = 0
+    status: str = ""
     sink_pipeline: int | None = None
     rss_mib: float = 0.0
     rss_reset: bool = False
+    rss_start_mib: float | None = None
     temporal_rss_mib: float | None = None
+    cpu_pipeline: dict[str, float | None] = field(default_factory=dict)
     raw_s: float = 0.0
     raw_sent: int = 0
     sink_raw: int | None = None
+    cpu_raw: dict[str, float | None] = field(default_factory=dict)
     msg_bytes: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    breakdown: list[str] = field(default_factory=list)
+
+    @property
+    def seed_s(self) -> float:
+        return self.seeded.seed_s if self.seeded else 0.0
 
     @property
     def pipeline_rate(self) -> float:
@@ -527,6 +584,67 @@ class RunResult:
         return self.pipeline_rate / self.raw_rate if self.raw_rate else 0.0
 
 
+def _cpu_line(cpu: dict[str, float | None], elapsed: float, sent: int) -> str:
+    parts = []
+    for name, used in cpu.items():
+        if used is None:
+            continue
+        per_msg = f", {1e6 * used / sent:,.0f} µs/msg" if sent else ""
+        parts.append(f"{name} {used:.1f} s ({100 * used / elapsed:.0f}% of a core{per_msg})" if elapsed else
+                     f"{name} {used:.1f} s")
+    return "; ".join(parts) or "n/a"
+
+
+async def run_pipeline(index: int, args: argparse.Namespace, settings: Settings, res: RunResult,
+                       sink: Sink) -> None:
+    res.rss_reset = reset_peak_rss()
+    res.rss_start_mib = current_rss_mib()
+    env = await WorkflowEnvironment.start_local(
+        namespace="default", ip="127.0.0.1", ui=False, dev_server_existing_path=temporal_cli(),
+        dev_server_log_level="error")
+    try:
+        temporal_pid = _child_pid("temporal")
+        engine = make_engine(settings.db_url)
+        acts = delivery_activities(settings, engine=engine,
+                                   cls=TimedActivities if args.breakdown else DeliveryActivities)
+        try:
+            async with build_worker(env.client, settings, acts):
+                spec = parse_spec({
+                    "key": f"bench-run-{index}", "name": "Bench broadcast", "program": PROGRAM,
+                    "topic": "promotions", "channels": ["email"], "audience": {"all": True},
+                    "template": TEMPLATE, "locale_default": "en"})
+                renderer = Renderer()
+                meter = CpuMeter(temporal=temporal_pid, sink=sink.pid)
+                with LoopLag() as lag:
+                    t0 = time.perf_counter()
+                    view = await service.launch(engine=engine, client=env.client, settings=settings, spec=spec,
+                                                renderer=renderer)
+                    while not service.is_finished(view) and view.live:
+                        await asyncio.sleep(POLL_S)
+                        view = await service.status_of(engine=engine, client=env.client, program=PROGRAM,
+                                                       key=spec.key)
+                    res.pipeline_s = time.perf_counter() - t0
+                res.cpu_pipeline = meter.used()
+                if not service.is_finished(view):
+                    raise RuntimeError(f"the campaign ended as {view.status!r} (workflow gone)")
+                desc = await env.client.get_workflow_handle(view.workflow_id).describe()
+                if desc.close_time and desc.start_time:
+                    res.workflow_s = (desc.close_time - desc.start_time).total_seconds()
+                c = view.counts
+                res.sent, res.suppressed, res.failed, res.in_doubt = c.sent, c.suppressed, c.failed, c.in_doubt
+                res.status = str(view.status)
+                if isinstance(acts, TimedActivities):
+                    res.breakdown = [f"    event loop lag (5 ms timer): {lag.summary()}",
+                                     *acts.report(res.pipeline_s)]
+        finally:
+            await acts.aclose()
+            engine.dispose()
+        res.rss_mib = maxrss_mib()
+        res.temporal_rss_mib = hwm_mib(temporal_pid)
+    finally:
+        await env.shutdown()
+
+
 async def run_once(index: int, args: argparse.Namespace, sink_kind: str) -> RunResult:
     res = RunResult()
     workdir = Path(tempfile.mkdtemp(prefix=f"clarion-bench-{index}-"))
@@ -534,10 +652,11 @@ async def run_once(index: int, args: argparse.Namespace, sink_kind: str) -> RunR
     sink = Sink(sink_kind, free_port(), workdir)
     try:
         say(f"[run {index}] seeding {args.members} members into {workdir / 'bench.db'} ...")
-        res.expected, res.migrate_s, res.seed_s = await asyncio.to_thread(seed_db, db_url, args.members)
-        say(f"[run {index}] migrate {res.migrate_s:.2f} s; seed {res.seed_s:.2f} s "
-            f"({args.members / res.seed_s:,.0f} members/s, batches of {SEED_BATCH}); "
-            f"{res.expected} members may be sent to")
+        res.seeded = sd = await seed_in_subprocess(db_url, args.members)
+        res.expected = sd.allowed
+        say(f"[run {index}] migrate {sd.migrate_s:.2f} s; seed {sd.seed_s:.2f} s = {args.members / sd.seed_s:,.0f} "
+            f"members/s (MemberIn build+validation {sd.build_s:.2f} s, upsert_members in batches of {SEED_BATCH} "
+            f"{sd.upsert_s:.2f} s); {res.expected} members may be sent to")
 
         sink.start()
         settings = Settings(
@@ -550,54 +669,19 @@ async def run_once(index: int, args: argparse.Namespace, sink_kind: str) -> RunR
         messages = prebuilt_messages(settings)
         res.msg_bytes = statistics.fmean(len(b) for _, b in messages)
 
-        # --- pipeline ---
-        reset_ok = reset_peak_rss()
-        env = await WorkflowEnvironment.start_local(
-            namespace="default", ip="127.0.0.1", ui=False, dev_server_existing_path=temporal_cli(),
-            dev_server_log_level="error")
-        try:
-            engine = make_engine(db_url)
-            acts = delivery_activities(settings, engine=engine)
-            try:
-                async with build_worker(env.client, settings, acts):
-                    spec = parse_spec({
-                        "key": f"bench-run-{index}", "name": "Bench broadcast", "program": PROGRAM,
-                        "topic": "promotions", "channels": ["email"], "audience": {"all": True},
-                        "template": TEMPLATE, "locale_default": "en"})
-                    renderer = Renderer()
-                    t0 = time.perf_counter()
-                    view = await service.launch(engine=engine, client=env.client, settings=settings, spec=spec,
-                                                renderer=renderer)
-                    while not service.is_finished(view) and view.live:
-                        await asyncio.sleep(POLL_S)
-                        view = await service.status_of(engine=engine, client=env.client, program=PROGRAM,
-                                                       key=spec.key)
-                    res.pipeline_s = time.perf_counter() - t0
-                    if not service.is_finished(view):
-                        raise RuntimeError(f"the campaign ended as {view.status!r} (workflow gone)")
-                    desc = await env.client.get_workflow_handle(view.workflow_id).describe()
-                    if desc.close_time and desc.start_time:
-                        res.workflow_s = (desc.close_time - desc.start_time).total_seconds()
-                    c = view.counts
-                    res.sent, res.suppressed, res.failed, res.in_doubt = c.sent, c.suppressed, c.failed, c.in_doubt
-                    res.extra["status"] = view.status
-            finally:
-                await acts.aclose()
-                engine.dispose()
-            res.rss_mib, res.rss_reset = maxrss_mib(), reset_ok
-            res.temporal_rss_mib = child_hwm_mib("temporal")
-        finally:
-            await env.shutdown()
+        await run_pipeline(index, args, settings, res, sink)
         res.sink_pipeline = await sink.settled_count(res.sent)
         say(f"[run {index}] pipeline: {res.sent} sent, {res.suppressed} suppressed, {res.failed} failed, "
-            f"{res.in_doubt} in doubt ({res.extra['status']}) in {res.pipeline_s:.2f} s "
+            f"{res.in_doubt} in doubt ({res.status}) in {res.pipeline_s:.2f} s "
             f"= {res.pipeline_rate:,.0f} msg/s; sink counted {res.sink_pipeline}")
 
-        # --- raw baseline: same sink, same number of messages, same connections ---
+        # raw baseline: same sink, same number of messages, same number of connections
         res.raw_sent = res.sent or res.expected
         base = res.sink_pipeline or 0
+        meter = CpuMeter(sink=sink.pid)
         res.raw_s = await raw_send("127.0.0.1", sink.port, args.connections, res.raw_sent, messages,
                                    settings.email_from)
+        res.cpu_raw = meter.used()
         got = await sink.settled_count(base + res.raw_sent)
         res.sink_raw = None if got is None else got - base
         say(f"[run {index}] raw aiosmtplib: {res.raw_sent} sent in {res.raw_s:.2f} s "
@@ -613,7 +697,10 @@ def print_run(i: int, r: RunResult, args: argparse.Namespace) -> None:
     wf = f"{r.workflow_s:.2f} s" if r.workflow_s is not None else "n/a"
     temporal = f"{r.temporal_rss_mib:.0f} MiB" if r.temporal_rss_mib is not None else "n/a"
     say(f"run {i}:")
-    say(f"  seed                 {r.seed_s:8.2f} s   ({args.members:,} members; migrate {r.migrate_s:.2f} s)")
+    sd = r.seeded
+    assert sd is not None
+    say(f"  seed                 {sd.seed_s:8.2f} s   ({args.members:,} members: MemberIn {sd.build_s:.2f} s + "
+        f"upsert_members {sd.upsert_s:.2f} s; migrate {sd.migrate_s:.2f} s)")
     say(f"  pipeline             {r.pipeline_s:8.2f} s   launch→completion seen (workflow run {wf})")
     say(f"  messages sent        {r.sent:8d}     (expected {r.expected}; suppressed {r.suppressed}, "
         f"failed {r.failed}, in doubt {r.in_doubt}; sink counted {r.sink_pipeline})")
@@ -621,22 +708,35 @@ def print_run(i: int, r: RunResult, args: argparse.Namespace) -> None:
     say(f"  raw aiosmtplib rate  {r.raw_rate:8.0f} msg/s  ({r.raw_sent} messages of ~{r.msg_bytes:,.0f} B in "
         f"{r.raw_s:.2f} s; sink counted {r.sink_raw})")
     say(f"  pipeline / raw       {r.ratio:8.2f}")
-    say(f"  peak RSS (bench+worker process) {r.rss_mib:.0f} MiB"
-        f"{' (peak reset just before the pipeline)' if r.rss_reset else ' (whole process, incl. seeding)'}; "
+    start = f", {r.rss_start_mib:.0f} MiB at that point" if r.rss_start_mib is not None else ""
+    say(f"  peak RSS             {r.rss_mib:8.0f} MiB (bench+worker process, ru_maxrss"
+        f"{', peak reset just before the pipeline' + start if r.rss_reset else ', whole process incl. seeding'}); "
         f"Temporal dev server {temporal}")
+    say(f"  CPU, pipeline        {_cpu_line(r.cpu_pipeline, r.pipeline_s, r.sent)}")
+    say(f"  CPU, raw             {_cpu_line(r.cpu_raw, r.raw_s, r.raw_sent)}")
+    if r.breakdown:
+        say(f"  breakdown (wall clock; steps overlap: {args.batch_concurrency} batches and {args.connections} "
+            "connections run concurrently, threads wait for the GIL):")
+        for line in r.breakdown:
+            say(line)
 
 
 def print_medians(results: list[RunResult], args: argparse.Namespace) -> None:
     med = statistics.median
     say(f"medians of {len(results)} run(s) (N={args.members}, C={args.connections}, page_size={args.page_size}, "
         f"batch_concurrency={args.batch_concurrency}, sink={args.sink_used}):")
-    say(f"  seed                 {med(r.seed_s for r in results):8.2f} s")
+    say(f"  seed                 {med(r.seed_s for r in results):8.2f} s   "
+        f"({args.members / med(r.seed_s for r in results):,.0f} members/s)")
     say(f"  pipeline             {med(r.pipeline_s for r in results):8.2f} s")
     say(f"  messages sent        {med(r.sent for r in results):8.0f}")
     say(f"  pipeline rate        {med(r.pipeline_rate for r in results):8.0f} msg/s")
     say(f"  raw aiosmtplib rate  {med(r.raw_rate for r in results):8.0f} msg/s")
     say(f"  pipeline / raw       {med(r.ratio for r in results):8.2f}")
     say(f"  peak RSS             {med(r.rss_mib for r in results):8.0f} MiB (bench+worker process)")
+    for name in ("bench", "temporal", "sink"):
+        vals = [r.cpu_pipeline.get(name) for r in results]
+        if all(v is not None for v in vals) and vals:
+            say(f"  CPU, pipeline, {name:<9}{med(v for v in vals):6.1f} s")  # type: ignore[misc]
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -667,7 +767,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="deliver_batch activities in flight")
     p.add_argument("--sink", choices=["auto", "smtp-sink", "aiosmtpd"], default="auto",
                    help="SMTP sink: Postfix smtp-sink if found (auto), else aiosmtpd")
+    p.add_argument("--breakdown", action="store_true",
+                   help="time the delivery steps (adds a little overhead) and the event loop's lag")
     p.add_argument("--keep", action="store_true", help="keep the temporary folders (db, sink log)")
+    p.add_argument("--seed-only", metavar="DB_URL", help=argparse.SUPPRESS)  # internal: the seeding child
     args = p.parse_args(argv)
     if args.sink == "auto":
         args.sink_used = "smtp-sink" if find_smtp_sink() else "aiosmtpd"
@@ -680,9 +783,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    exe = find_smtp_sink()
+    if args.seed_only:
+        print(json.dumps(dataclasses.asdict(seed_db(args.seed_only, args.members))), flush=True)
+        return 0
+    sink = f"{args.sink_used} ({find_smtp_sink()})" if args.sink_used == "smtp-sink" else args.sink_used
     say(f"broadcast bench: N={args.members} C={args.connections} runs={args.runs} page_size={args.page_size} "
-        f"batch_concurrency={args.batch_concurrency} sink={args.sink_used}{f' ({exe})' if args.sink_used == 'smtp-sink' else ''} "
+        f"batch_concurrency={args.batch_concurrency} sink={sink} "
         f"cpus={os.cpu_count()} python={sys.version.split()[0]}")
     try:
         return asyncio.run(main_async(args))

@@ -1,19 +1,20 @@
 """A fast builder of multipart/alternative email bytes.
 
 ``email.message.EmailMessage`` costs ~650 µs a message to serialize; this builds the same RFC 5322
-structure (UTF-8 parts in base64, RFC 2047 subject) with string joins, in a few tens of µs.
+structure (UTF-8 parts in base64, RFC 2047 subject) with string joins; bench/README.md has its cost.
 Tests parse its output with the standard ``email`` package.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
+from functools import lru_cache
 from email.header import Header
 from email.utils import format_datetime
 from datetime import datetime
 
 
+@lru_cache(maxsize=8192)  # subjects repeat (same first names, same campaign)
 def encode_header_value(value: str) -> str:
     """RFC 2047 for non-ASCII (or long) header values; ASCII passes through."""
     if value.isascii() and len(value) < 900 and "\n" not in value and "\r" not in value:
@@ -32,11 +33,8 @@ def ascii_address(address: str) -> str:
 
 
 def _b64_lines(text: str) -> str:
-    raw = text.encode("utf-8")
-    # 57 raw bytes -> 76 base64 characters per line
-    return "\r\n".join(
-        binascii.b2a_base64(raw[i:i + 57], newline=False).decode("ascii") for i in range(0, len(raw), 57)
-    )
+    # base64.encodebytes cuts 76-character lines in C (RFC 2045); SMTP wants CRLF
+    return base64.encodebytes(text.encode("utf-8")).decode("ascii").rstrip("\n").replace("\n", "\r\n")
 
 
 def build_email(*, sender: str, to: str, subject: str, text: str, html: str | None,
