@@ -242,6 +242,7 @@ class DeliveryActivities:
                 select(Delivery.id, Delivery.member_id, Delivery.status).where(*key))}
             states = ledger.states_for(session=s, member_ids=[m.id for m in members if m.id not in existing],
                                        channel=ChannelName.email)
+            locales = {m.id: self._locale_for(ctx, m.locale) for m in members}
             new_rows: list[dict[str, Any]] = []
             for m in members:
                 if m.id in existing:
@@ -249,7 +250,7 @@ class DeliveryActivities:
                 decision = decide(states.get(m.id, {}), topic=ctx.spec.topic)
                 if decision.allowed and not m.email:
                     decision = Decision(False, SuppressReason.no_address)
-                locale = self._locale_for(ctx, m.locale)
+                locale = locales[m.id]
                 new_rows.append({
                     "campaign_id": ctx.id, "member_id": m.id, "step": inp.step, "occurrence": inp.occurrence,
                     "status": DeliveryStatus.planned if decision.allowed else DeliveryStatus.suppressed,
@@ -275,7 +276,7 @@ class DeliveryActivities:
                 continue
             targets.append(_Target(
                 delivery_id=delivery_id, member_id=m.id, email=m.email or "",
-                locale=self._locale_for(ctx, m.locale),
+                locale=locales[m.id],
                 context={"member": {**(m.attributes or {}), "first_name": m.first_name,
                                     "last_name": m.last_name, "kind": m.kind, "locale": m.locale}},
             ))

@@ -129,4 +129,4 @@ async def signal(*, engine: Engine, client: Client, program: str, key: str, acti
 
 
 def is_finished(view: CampaignView) -> bool:
-    return view.status in (RunState.completed, RunState.cancelled, "completed", "cancelled", "failed")
+    return view.status in (RunState.completed, RunState.cancelled, "failed")

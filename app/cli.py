@@ -231,7 +231,7 @@ def campaign_launch(file: Annotated[Path, typer.Argument(exists=True, dir_okay=F
                     follow: Annotated[bool, typer.Option(help="show progress until it ends")] = False) -> None:
     """Validate a campaign spec (YAML) and launch it. Launching the same spec again is one run."""
     from app import campaigns as service
-    from app.demo import follow as follow_progress
+    from app.report_view import follow as follow_progress
     from campaigns.spec import load_spec
     from templates.render import Renderer
 

@@ -7,7 +7,6 @@ import random
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
 from sqlmodel import Session
 
@@ -15,7 +14,7 @@ from analytics.report import campaign_report
 from app import campaigns as service
 from app.errors import Conflict
 from app.mailbox import list_mail
-from app.report_view import print_report
+from app.report_view import follow, print_report
 from app.settings import Settings
 from app.stack import embedded_stack
 from campaigns.spec import load_spec
@@ -94,22 +93,3 @@ async def run_demo(settings: Settings, *, members: int = 1200, console: Console 
                       "(list them with `clarion mailbox`)")
         engine.dispose()
     return 0
-
-
-async def follow(view: service.CampaignView, *, engine, client, console: Console) -> service.CampaignView:
-    """A progress bar with sent/suppressed counts until the campaign finishes."""
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("sent {task.fields[sent]}  suppressed {task.fields[suppressed]}  "
-                          "failed {task.fields[failed]}  in doubt {task.fields[in_doubt]}"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task(view.key, total=view.total, sent=0, suppressed=0, failed=0, in_doubt=0)
-        while True:
-            c = view.counts
-            done = c.sent + c.suppressed + c.failed + c.in_doubt + c.already_done
-            bar.update(task, total=view.total, completed=done, sent=c.sent, suppressed=c.suppressed,
-                       failed=c.failed, in_doubt=c.in_doubt, description=f"{view.key} ({view.status})")
-            if service.is_finished(view) or not view.live:
-                return view
-            await asyncio.sleep(0.3)
-            view = await service.status_of(engine=engine, client=client, program=view.program, key=view.key)

@@ -1,14 +1,17 @@
-"""The campaign report in the terminal (rich tables) and as CSV."""
+"""Campaigns in the terminal: live progress (a rich progress bar), the report (rich tables), and CSV."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from analytics.report import CampaignReport, Figures
+from app import campaigns as service
 
 
 def print_report(report: CampaignReport, console: Console) -> None:
@@ -40,3 +43,22 @@ def report_csv(report: CampaignReport) -> str:
     for name, f in rows:
         w.writerow([report.campaign, name, f.audience, f.sent, f.suppressed, f.failed, f.in_doubt, f.pending])
     return out.getvalue()
+
+
+async def follow(view: service.CampaignView, *, engine, client, console: Console) -> service.CampaignView:
+    """A progress bar with sent/suppressed counts until the campaign finishes."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("sent {task.fields[sent]}  suppressed {task.fields[suppressed]}  "
+                          "failed {task.fields[failed]}  in doubt {task.fields[in_doubt]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(view.key, total=view.total, sent=0, suppressed=0, failed=0, in_doubt=0)
+        while True:
+            c = view.counts
+            done = c.sent + c.suppressed + c.failed + c.in_doubt + c.already_done
+            bar.update(task, total=view.total, completed=done, sent=c.sent, suppressed=c.suppressed,
+                       failed=c.failed, in_doubt=c.in_doubt, description=f"{view.key} ({view.status})")
+            if service.is_finished(view) or not view.live:
+                return view
+            await asyncio.sleep(0.3)
+            view = await service.status_of(engine=engine, client=client, program=view.program, key=view.key)

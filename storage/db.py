@@ -49,18 +49,20 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             raise
 
 
-def insert_ignore(engine_or_session: Any, table: Any, index_elements: list[str]) -> Any:
-    """``INSERT ... ON CONFLICT (index_elements) DO NOTHING`` for the engine's dialect."""
+def _insert(engine_or_session: Any, table: Any) -> Any:
+    """An INSERT of the bind's dialect (both SQLite and PostgreSQL know ON CONFLICT)."""
     bind = engine_or_session.get_bind() if hasattr(engine_or_session, "get_bind") else engine_or_session
-    dialect = sqlite if bind.dialect.name == "sqlite" else postgresql
-    return dialect.insert(table).on_conflict_do_nothing(index_elements=index_elements)
+    return (sqlite if bind.dialect.name == "sqlite" else postgresql).insert(table)
+
+
+def insert_ignore(engine_or_session: Any, table: Any, index_elements: list[str]) -> Any:
+    """``INSERT ... ON CONFLICT (index_elements) DO NOTHING``."""
+    return _insert(engine_or_session, table).on_conflict_do_nothing(index_elements=index_elements)
 
 
 def upsert(engine_or_session: Any, table: Any, index_elements: list[str], update_cols: list[str]) -> Any:
     """``INSERT ... ON CONFLICT (index_elements) DO UPDATE SET update_cols = excluded.*``."""
-    bind = engine_or_session.get_bind() if hasattr(engine_or_session, "get_bind") else engine_or_session
-    dialect = sqlite if bind.dialect.name == "sqlite" else postgresql
-    stmt = dialect.insert(table)
+    stmt = _insert(engine_or_session, table)
     return stmt.on_conflict_do_update(
         index_elements=index_elements, set_={c: stmt.excluded[c] for c in update_cols}
     )

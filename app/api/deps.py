@@ -11,6 +11,7 @@ from temporalio.client import Client
 
 from app.keys import role_for
 from app.settings import Settings
+from consent.tokens import Signer
 from storage.tables import Role
 from templates.render import Renderer
 
@@ -27,6 +28,10 @@ def get_renderer(request: Request) -> Renderer:
     return request.app.state.renderer
 
 
+def get_signer(request: Request) -> Signer:
+    return request.app.state.signer
+
+
 async def get_temporal(request: Request) -> Client:
     return await request.app.state.temporal()
 
@@ -35,6 +40,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 RendererDep = Annotated[Renderer, Depends(get_renderer)]
+SignerDep = Annotated[Signer, Depends(get_signer)]
 
 
 def _presented_key(request: Request) -> str | None:

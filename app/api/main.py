@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
@@ -14,6 +12,7 @@ from app import errors
 from app.api import campaigns, members, unsubscribe
 from app.settings import Settings
 from app.temporal import connect
+from app.worker import signer
 from storage.db import make_engine
 from templates.render import Renderer
 
@@ -29,16 +28,13 @@ def create_app(settings: Settings, *, engine: Engine | None = None, client: Clie
                     holder["client"] = await connect(settings)
         return holder["client"]
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-
-    app = FastAPI(title="Clarion", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Clarion", version="0.1.0",
                   description="Campaign orchestrator for loyalty programs. Authenticate with "
                               "`Authorization: Bearer <API key>` (create one with `clarion keys create`).")
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.db_url)
     app.state.renderer = Renderer()
+    app.state.signer = signer(settings)
     app.state.temporal = temporal
     errors.install(app)
     app.include_router(members.router)

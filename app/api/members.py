@@ -92,6 +92,6 @@ def bulk_members(body: BulkIn, program: ProgramQ, engine: EngineDep) -> BulkOut:
             errors.append(BulkError(index=i, external_id=raw.get("external_id") if isinstance(raw, dict) else None,
                                     field=field, message=message))
             continue
-        good[item.external_id] = (i, item.external_id, MemberIn.model_validate(item.model_dump(exclude={"external_id"})))
+        good[item.external_id] = (i, item.external_id, item)  # a BulkItem is a MemberIn
     created, updated = upsert_members(engine=engine, program_id=program_id, items=good.values())
     return BulkOut(created=created, updated=updated, errors=errors)

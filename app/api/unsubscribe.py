@@ -12,8 +12,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 from sqlmodel import Session
 
-from app.api.deps import EngineDep, SettingsDep
-from app.worker import signer
+from app.api.deps import EngineDep, SignerDep
 from consent import ledger
 from consent.tokens import UNSUBSCRIBE, BadToken
 from storage.db import insert_ignore, session_scope
@@ -54,9 +53,9 @@ def _page(lang: str, body: str, status: int = 200) -> HTMLResponse:
                                                            "X-Robots-Tag": "noindex"})
 
 
-def _lookup(engine, settings, token: str) -> tuple[Delivery, Campaign, Program] | None:
+def _lookup(engine, signer, token: str) -> tuple[Delivery, Campaign, Program] | None:
     try:
-        body = signer(settings).verify(UNSUBSCRIBE, token)
+        body = signer.verify(UNSUBSCRIBE, token)
     except BadToken:
         return None
     with Session(engine) as s:
@@ -72,8 +71,8 @@ def _lang(delivery: Delivery) -> str:
 
 
 @router.get("/u/{token}", response_class=HTMLResponse)
-def unsubscribe_page(token: str, engine: EngineDep, settings: SettingsDep) -> HTMLResponse:
-    found = _lookup(engine, settings, token)
+def unsubscribe_page(token: str, engine: EngineDep, signer: SignerDep) -> HTMLResponse:
+    found = _lookup(engine, signer, token)
     if found is None:
         return _page("en", f"<p>{escape(TEXT['en']['bad'])}</p>", 404)
     delivery, campaign, program = found
@@ -86,9 +85,9 @@ def unsubscribe_page(token: str, engine: EngineDep, settings: SettingsDep) -> HT
 
 
 @router.post("/u/{token}", response_class=HTMLResponse)
-def unsubscribe(token: str, request: Request, engine: EngineDep, settings: SettingsDep) -> HTMLResponse:
+def unsubscribe(token: str, request: Request, engine: EngineDep, signer: SignerDep) -> HTMLResponse:
     """Revoke the campaign's topic on email for this member (idempotent). Urlencoded, multipart or empty body."""
-    found = _lookup(engine, settings, token)
+    found = _lookup(engine, signer, token)
     if found is None:
         return _page("en", f"<p>{escape(TEXT['en']['bad'])}</p>", 404)
     delivery, campaign, program = found
