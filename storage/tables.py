@@ -70,6 +70,7 @@ class CampaignStatus(StrEnum):
     paused = "paused"
     completed = "completed"
     cancelled = "cancelled"
+    budget_exhausted = "budget_exhausted"
     failed = "failed"
 
 
@@ -115,6 +116,8 @@ class Program(SQLModel, table=True):
     default_locale: str = Field(default="en", max_length=35)
     time_zone: str = Field(default="UTC", max_length=64)
     currency: str = Field(default="EUR", max_length=3)
+    # unit costs per channel, quiet hours per channel, frequency caps (campaigns.rules.ProgramRules)
+    settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _ts(default_factory=utcnow)
 
 
@@ -173,7 +176,10 @@ class Card(SQLModel, table=True):
 class Event(SQLModel, table=True):
     """Something that happened to a member in the loyalty core; its id is the idempotency key."""
 
-    __table_args__ = (UniqueConstraint("program_id", "source_event_id", name="uq_event_source"),)
+    __table_args__ = (
+        UniqueConstraint("program_id", "source_event_id", name="uq_event_source"),
+        Index("ix_event_member_type_at", "member_id", "type", "occurred_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     program_id: int = Field(foreign_key="program.id", index=True)
@@ -254,6 +260,7 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("campaign_id", "member_id", "step", "occurrence", name="uq_delivery"),
         Index("ix_delivery_campaign_status", "campaign_id", "status"),
+        Index("ix_delivery_member_sent", "member_id", "sent_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -272,6 +279,7 @@ class Delivery(SQLModel, table=True):
     created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
     sent_at: datetime | None = _ts(default=None)
+    due_at: datetime | None = _ts(default=None)  # not before (a trigger's delay); None = now
 
 
 class Response(SQLModel, table=True):
