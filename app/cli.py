@@ -38,6 +38,8 @@ app.add_typer(members_app, name="members")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(keys_app, name="keys")
 app.add_typer(programs_app, name="programs")
+from app.events_cli import events_app  # noqa: E402
+app.add_typer(events_app, name="events")
 
 out = Console()
 err = Console(stderr=True)
