@@ -6,9 +6,21 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleSpec,
+    ScheduleState,
+    WorkflowExecutionStatus,
+)
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -21,7 +33,16 @@ from storage.db import session_scope
 from storage.tables import Campaign, CampaignStatus
 from templates.render import Renderer, TemplateProblem
 from workflows.broadcast import BroadcastCampaign
-from workflows.contracts import BroadcastInput, Counts, Progress, RunState
+from workflows.contracts import (
+    BroadcastInput,
+    Counts,
+    Progress,
+    RunState,
+    ScheduledRunInput,
+    StepPlan,
+    TriggeredInput,
+)
+from workflows.triggered import ScheduledTriggerRun, TriggeredCampaign
 
 
 @dataclass(frozen=True)
@@ -33,10 +54,20 @@ class CampaignView:
     total: int | None
     counts: Counts
     live: bool  # True = from the workflow's query; False = from the database (workflow gone)
+    pending: dict[str, int] | None = None     # planned deliveries not sent yet, by reason
+    next_open: str | None = None
+    budget_limit: str | None = None
+    budget_spent: str | None = None
+    schedule: dict | None = None               # recurring / date-rule campaigns: the Temporal Schedule
 
 
-def workflow_id(program_key: str, campaign_key: str) -> str:
-    return f"broadcast/{program_key}/{campaign_key}"
+def workflow_id(program_key: str, campaign_key: str, kind: str = "broadcast") -> str:
+    """No personal data: the program's and the campaign's keys only."""
+    return f"{kind}/{program_key}/{campaign_key}"
+
+
+def uses_schedule(spec: CampaignSpec) -> bool:
+    return spec.recurring is not None or (spec.trigger is not None and spec.trigger.on is not None)
 
 
 def spec_hash(spec: CampaignSpec) -> str:
@@ -54,39 +85,79 @@ def check_template(spec: CampaignSpec, renderer: Renderer) -> None:
 
 async def launch(*, engine: Engine, client: Client, settings: Settings, spec: CampaignSpec,
                  renderer: Renderer) -> CampaignView:
-    """Create (or find) the campaign row and start its workflow. Launching the same spec twice is
-    one run; a finished campaign is not run again; a different spec under a used key is a conflict."""
+    """Create (or find) the campaign row and start its workflow (or Temporal Schedule). Launching the
+    same spec twice is one run; a finished campaign is not run again; a different spec under a used key
+    is a conflict."""
     check_template(spec, renderer)
     digest = spec_hash(spec)
     with session_scope(engine) as s:
         program = get_program(s, spec.program)
         row = s.scalar(select(Campaign).where(Campaign.program_id == program.id, Campaign.key == spec.key))
         if row is None:
+            kind = "triggered" if spec.kind == "triggered" else "broadcast"
             row = Campaign(program_id=program.id, key=spec.key, name=spec.name, kind=spec.kind,
                            topic=spec.topic, spec=spec.model_dump(mode="json"), spec_hash=digest,
-                           status=CampaignStatus.scheduled,
-                           workflow_id=workflow_id(program.key, spec.key))
+                           status=CampaignStatus.scheduled, budget_limit=spec.budget,
+                           workflow_id=workflow_id(program.key, spec.key, kind))
             s.add(row)
             s.flush()
         elif row.spec_hash != digest:
             raise Conflict(f"campaign {spec.key!r} was already launched with a different spec; "
                            "give the new one another key", field="key")
-        campaign_id, wf_id, status = row.id, row.workflow_id or "", row.status
+        campaign_id, wf_id, status, program_tz = row.id or 0, row.workflow_id or "", row.status, program.time_zone
     if status in (CampaignStatus.completed, CampaignStatus.cancelled):
         raise Conflict(f"campaign {spec.key!r} already ran ({status}); nothing was sent again", field="key")
-    start_at = spec.start_at.isoformat() if spec.start_at else None
-    try:
-        await client.start_workflow(
-            BroadcastCampaign.run,
-            BroadcastInput(campaign_id=campaign_id or 0, start_at=start_at, page_size=settings.page_size,
-                           concurrency=settings.batch_concurrency),
-            id=wf_id, task_queue=settings.temporal_task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        )
-    except WorkflowAlreadyStartedError:
-        pass  # it ran before (a closed run): the row's status says how it ended
+    if uses_schedule(spec):
+        await _ensure_schedule(client, settings, spec, campaign_id, wf_id, program_tz)
+    else:
+        workflow, arg = _workflow_and_input(spec, campaign_id, settings)
+        try:
+            await client.start_workflow(
+                workflow, arg, id=wf_id, task_queue=settings.temporal_task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # it ran before (a closed run): the row's status says how it ended
     return await status_of(engine=engine, client=client, program=spec.program, key=spec.key)
+
+
+def _workflow_and_input(spec: CampaignSpec, campaign_id: int, settings: Settings,
+                        recurring: bool = False) -> tuple[object, object]:
+    end_at = spec.end_at.isoformat() if spec.end_at else None
+    if spec.kind == "triggered":
+        return TriggeredCampaign.run, TriggeredInput(campaign_id=campaign_id, end_at=end_at,
+                                                     poll_seconds=settings.trigger_poll_s)
+    start_at = spec.start_at.isoformat() if spec.start_at and not recurring else None
+    steps = [StepPlan("main", 0.0), *(StepPlan(f.step, f.after.total_seconds()) for f in spec.follow_ups)]
+    return BroadcastCampaign.run, BroadcastInput(
+        campaign_id=campaign_id, start_at=start_at, page_size=settings.page_size,
+        concurrency=settings.batch_concurrency, end_at=None if recurring else end_at, steps=steps,
+        recurring=recurring)
+
+
+async def _ensure_schedule(client: Client, settings: Settings, spec: CampaignSpec, campaign_id: int,
+                           schedule_id: str, program_tz: str) -> None:
+    """Recurring broadcasts (cron in the program's time zone) and date rules (hourly) on Temporal Schedules."""
+    if spec.recurring is not None:
+        workflow, arg = _workflow_and_input(spec, campaign_id, settings, recurring=True)
+        sched_spec = ScheduleSpec(cron_expressions=[spec.recurring.cron],
+                                  time_zone_name=spec.recurring.time_zone or program_tz,
+                                  start_at=spec.start_at, end_at=spec.end_at)
+    else:
+        workflow, arg = ScheduledTriggerRun.run, ScheduledRunInput(campaign_id=campaign_id)
+        sched_spec = ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(hours=1))],
+                                  start_at=spec.start_at, end_at=spec.end_at)
+    try:
+        await client.create_schedule(
+            schedule_id,
+            Schedule(action=ScheduleActionStartWorkflow(workflow, arg, id=f"{schedule_id}/run",
+                                                        task_queue=settings.temporal_task_queue),
+                     spec=sched_spec, state=ScheduleState(note=f"campaign {spec.key}")),
+            trigger_immediately=spec.recurring is None,
+        )
+    except ScheduleAlreadyRunningError:
+        pass  # launched before: one schedule
 
 
 def _row(engine: Engine, program: str, key: str) -> tuple[Campaign, str]:
@@ -100,20 +171,38 @@ def _row(engine: Engine, program: str, key: str) -> tuple[Campaign, str]:
 
 async def status_of(*, engine: Engine, client: Client, program: str, key: str) -> CampaignView:
     row, program_key = _row(engine, program, key)
+    spec = CampaignSpec.model_validate(row.spec)
+    money = {"budget_limit": None if row.budget_limit is None else str(row.budget_limit),
+             "budget_spent": str(row.budget_spent)}
+    base = {"key": row.key, "program": program_key, "workflow_id": row.workflow_id or "", **money}
+    if uses_schedule(spec):
+        return CampaignView(status=row.status, total=None, counts=Counts(), live=True,
+                            schedule=await _schedule_info(client, row.workflow_id or ""), **base)
     handle = client.get_workflow_handle(row.workflow_id or "")
     try:
         progress: Progress = await handle.query(BroadcastCampaign.progress)
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise
-        return CampaignView(key=row.key, program=program_key, status=row.status, workflow_id=row.workflow_id or "",
-                            total=None, counts=Counts(), live=False)
-    return CampaignView(key=row.key, program=program_key, status=progress.state.value,
-                        workflow_id=row.workflow_id or "", total=progress.total, counts=progress.counts,
-                        live=True)
+        return CampaignView(status=row.status, total=None, counts=Counts(), live=False, **base)
+    return CampaignView(status=progress.state.value, total=progress.total, counts=progress.counts, live=True,
+                        pending=progress.pending, next_open=progress.next_open, **base)
 
 
-async def signal(*, engine: Engine, client: Client, program: str, key: str, action: str) -> CampaignView:
+async def _schedule_info(client: Client, schedule_id: str) -> dict | None:
+    try:
+        desc = await client.get_schedule_handle(schedule_id).describe()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        return None
+    return {"paused": desc.schedule.state.paused,
+            "next_runs": [t.isoformat() for t in desc.info.next_action_times[:3]],
+            "recent_runs": [a.scheduled_at.isoformat() for a in desc.info.recent_actions[-3:]],
+            "runs": desc.info.num_actions}
+
+
+async def _running_handle(engine: Engine, client: Client, program: str, key: str, action: str):  # noqa: ANN202
     row, _ = _row(engine, program, key)
     handle = client.get_workflow_handle(row.workflow_id or "")
     desc = None
@@ -124,8 +213,67 @@ async def signal(*, engine: Engine, client: Client, program: str, key: str, acti
             raise
     if desc is None or desc.status != WorkflowExecutionStatus.RUNNING:
         raise Conflict(f"campaign {key!r} is not running (status {row.status}); cannot {action}", field="key")
-    await handle.signal(action)
+    return handle
+
+
+async def signal(*, engine: Engine, client: Client, program: str, key: str, action: str) -> CampaignView:
+    row, _ = _row(engine, program, key)
+    if uses_schedule(CampaignSpec.model_validate(row.spec)):
+        await _steer_schedule(engine, client, row, action)
+    else:
+        handle = await _running_handle(engine, client, program, key, action)
+        await handle.signal(action)
     return await status_of(engine=engine, client=client, program=program, key=key)
+
+
+async def _steer_schedule(engine: Engine, client: Client, row: Campaign, action: str) -> None:
+    handle = client.get_schedule_handle(row.workflow_id or "")
+    try:
+        if action == "pause":
+            await handle.pause(note="paused by a marketer")
+        elif action == "resume":
+            await handle.unpause(note="resumed by a marketer")
+        else:
+            await handle.delete()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        raise Conflict(f"campaign {row.key!r} has no schedule any more; cannot {action}", field="key") from None
+    status = {"pause": CampaignStatus.paused, "resume": CampaignStatus.scheduled,
+              "cancel": CampaignStatus.cancelled}[action]
+    with session_scope(engine) as s:
+        s.execute(update(Campaign).where(Campaign.id == row.id).values(status=status))  # type: ignore[arg-type]
+
+
+async def set_budget(*, engine: Engine, client: Client, program: str, key: str,
+                     limit: Decimal | None) -> CampaignView:
+    """Change a campaign's budget limit (None = no limit); a running campaign tries again the members the
+    old budget did not reach."""
+    if limit is not None and (not limit.is_finite() or limit <= 0):
+        raise Invalid([("budget", "give a positive amount in the program's currency")])
+    row, _ = _row(engine, program, key)
+    with session_scope(engine) as s:
+        s.execute(update(Campaign).where(Campaign.id == row.id).values(budget_limit=limit))  # type: ignore[arg-type]
+    await _signal_if_running(client, row, "budget_changed")
+    return await status_of(engine=engine, client=client, program=program, key=key)
+
+
+async def set_end(*, engine: Engine, client: Client, program: str, key: str, end_at: datetime | None) -> CampaignView:
+    """Move (or remove) a running campaign's end date."""
+    if end_at is not None and end_at.tzinfo is None:
+        raise Invalid([("end_at", "give a time zone offset, e.g. 2026-12-01T10:00:00+03:00")])
+    row, _ = _row(engine, program, key)
+    handle = await _running_handle(engine, client, program, key, "change the end date")
+    await handle.signal("set_end", end_at.isoformat() if end_at else None)
+    return await status_of(engine=engine, client=client, program=program, key=row.key)
+
+
+async def _signal_if_running(client: Client, row: Campaign, name: str) -> None:
+    try:
+        await client.get_workflow_handle(row.workflow_id or "").signal(name)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
 
 
 def is_finished(view: CampaignView) -> bool:

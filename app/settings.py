@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     # broadcast tuning
     page_size: int = Field(default=500, ge=1, le=5000)
     batch_concurrency: int = Field(default=4, ge=1, le=64)
+    trigger_poll_s: float = Field(default=1.0, gt=0, le=60, description="how often triggered campaigns look for new events")
 
     @cached_property
     def db_url(self) -> str:

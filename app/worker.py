@@ -8,14 +8,16 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.delivery import DeliveryActivities
+from activities.triggers import TriggerActivities
 from app.settings import Settings
 from channels.email_smtp import SmtpConfig, SmtpEmailChannel
 from consent.tokens import Signer
 from storage.db import make_engine
 from templates.render import Renderer
 from workflows.broadcast import BroadcastCampaign
+from workflows.triggered import ScheduledTriggerRun, TriggeredCampaign
 
-WORKFLOWS = [BroadcastCampaign]
+WORKFLOWS = [BroadcastCampaign, TriggeredCampaign, ScheduledTriggerRun]
 
 
 def email_channel(settings: Settings) -> SmtpEmailChannel:
@@ -40,7 +42,10 @@ def delivery_activities(settings: Settings, *, engine: Engine | None = None,
 
 
 def activity_list(acts: DeliveryActivities) -> list:
-    return [acts.count_audience, acts.plan_pages, acts.set_campaign_status, acts.deliver_batch]
+    triggers = TriggerActivities(engine=acts._engine, delivery=acts)
+    return [acts.count_audience, acts.plan_pages, acts.set_campaign_status, acts.deliver_batch,
+            acts.pending_summary, acts.expire_pending, acts.deliver_due,
+            triggers.match_events, triggers.match_scheduled]
 
 
 def build_worker(client: Client, settings: Settings, acts: DeliveryActivities | None = None) -> Worker:

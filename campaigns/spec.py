@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from campaigns.rules import Duration, FrequencyCap, SendWindow
 from storage.tables import ChannelName
 
 KEY = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
@@ -71,19 +73,171 @@ class Audience(BaseModel):
         return self
 
 
+class EventType(StrEnum):
+    purchase = "purchase"
+    registration = "registration"
+    card_activated = "card_activated"
+    tier_changed = "tier_changed"
+    points_expiring = "points_expiring"
+
+
+EVENT_TYPE = r"^(purchase|registration|card_activated|tier_changed|points_expiring|custom:[a-z0-9_\-.]{1,56})$"
+PAYLOAD_PATH = r"^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,3}$"
+
+
+class EventOp(StrEnum):
+    eq = "eq"
+    ne = "ne"
+    in_ = "in"
+    not_in = "not_in"
+    gt = "gt"
+    gte = "gte"
+    lt = "lt"
+    lte = "lte"
+    exists = "exists"
+
+
+class EventCondition(BaseModel):
+    """A condition over the triggering event's payload, e.g. ``{field: amount, op: gte, value: 1000}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    field: Annotated[str, Field(pattern=PAYLOAD_PATH, description="a payload key, dotted for nested keys")]
+    op: EventOp = EventOp.eq
+    value: Scalar | list[Scalar] = True
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> EventCondition:
+        is_list = isinstance(self.value, list)
+        if self.op in (EventOp.in_, EventOp.not_in) and not is_list:
+            raise ValueError(f"op {self.op.value!r} needs a list value")
+        if self.op not in (EventOp.in_, EventOp.not_in) and is_list:
+            raise ValueError(f"op {self.op.value!r} needs a single value, not a list")
+        if self.op in (EventOp.gt, EventOp.gte, EventOp.lt, EventOp.lte) and (
+                isinstance(self.value, bool) or not isinstance(self.value, int | float)):
+            raise ValueError(f"op {self.op.value!r} needs a number")
+        if self.op is EventOp.exists and not isinstance(self.value, bool):
+            raise ValueError("op 'exists' takes true or false")
+        return self
+
+
+class CancelIf(BaseModel):
+    """Cancel the pending message when the member has a newer event of this type before it is sent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: Annotated[str, Field(pattern=EVENT_TYPE)]
+    where: list[EventCondition] = Field(default_factory=list)
+
+
+class TimeTrigger(StrEnum):
+    birthday = "birthday"                # N days before the member's birthday (attributes.birthday)
+    inactivity = "inactivity"            # no purchase for N days
+    points_expiring = "points_expiring"  # points expire within N days (attributes.points_expire_on)
+
+
+class Trigger(BaseModel):
+    """What makes a triggered campaign send: an event from the loyalty core, or a date rule."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: Annotated[str | None, Field(pattern=EVENT_TYPE)] = None
+    where: list[EventCondition] = Field(default_factory=list)
+    on: TimeTrigger | None = None
+    days: Annotated[int, Field(ge=0, le=3650)] = 0
+    delay: Duration = timedelta(0)
+    cancel_if: CancelIf | None = None
+    once_per_member: bool = False
+    cooldown: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Trigger:
+        if (self.event is None) == (self.on is None):
+            raise ValueError("give either event: (purchase, registration, ...) or on: (birthday, inactivity, "
+                             "points_expiring)")
+        if self.on is not None and (self.where or self.cancel_if):
+            raise ValueError("where and cancel_if apply to event triggers only")
+        if self.on is TimeTrigger.inactivity and self.days < 1:
+            raise ValueError("an inactivity trigger needs days: N (at least 1)")
+        if not timedelta(0) <= self.delay <= timedelta(days=90):
+            raise ValueError("delay must be between 0 and 90 days")
+        return self
+
+
+class FollowUpTarget(StrEnum):
+    not_opened = "not_opened"
+    opened = "opened"
+    not_clicked = "not_clicked"
+    clicked = "clicked"
+    not_bought = "not_bought"
+    bought = "bought"
+
+
+class FollowUp(BaseModel):
+    """A later step, to the members of the previous step who did (or did not) respond."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step: Annotated[str, Field(pattern=KEY)]
+    after: Duration
+    to: FollowUpTarget
+    template: Annotated[str | None, Field(pattern=KEY)] = None
+
+    @field_validator("after")
+    @classmethod
+    def _after(cls, v: timedelta) -> timedelta:
+        if not timedelta(minutes=1) <= v <= timedelta(days=90):
+            raise ValueError("after must be between 1 minute and 90 days")
+        return v
+
+
+class Recurrence(BaseModel):
+    """A broadcast repeated on a Temporal Schedule, e.g. every Monday 10:00 in the program's time zone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cron: Annotated[str, Field(min_length=9, max_length=120)]
+    time_zone: str | None = None  # default: the program's
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        fields = v.split()
+        if len(fields) != 5:
+            raise ValueError("give a 5-field cron expression: minute hour day-of-month month day-of-week, "
+                             "e.g. '0 10 * * mon'")
+        return " ".join(fields)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        if v is not None:
+            from campaigns.schedule import zone
+            zone(v)
+        return v
+
+
 class CampaignSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     key: Annotated[str, Field(pattern=KEY)]
     name: Annotated[str, Field(min_length=1, max_length=200)]
     program: Annotated[str, Field(pattern=KEY)]
-    kind: Literal["broadcast"] = "broadcast"
+    kind: Literal["broadcast", "triggered"] = "broadcast"
     topic: Annotated[str, Field(pattern=KEY)]
     channels: Annotated[list[ChannelName], Field(min_length=1)]
     audience: Audience
     template: Annotated[str, Field(pattern=KEY)]
     locale_default: str | None = None
     start_at: datetime | None = None
+    end_at: datetime | None = None
+    send_window: SendWindow | None = None
+    recurring: Recurrence | None = None
+    budget: Annotated[Decimal | None, Field(gt=0, max_digits=14, decimal_places=4)] = None
+    holdout: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+    caps: list[FrequencyCap] = Field(default_factory=list)
+    trigger: Trigger | None = None
+    follow_ups: Annotated[list[FollowUp], Field(max_length=5)] = Field(default_factory=list)
 
     @field_validator("channels")
     @classmethod
@@ -93,7 +247,7 @@ class CampaignSpec(BaseModel):
             raise ValueError(f"channel(s) {', '.join(unsupported)} are not available yet; use email")
         return v
 
-    @field_validator("start_at")
+    @field_validator("start_at", "end_at")
     @classmethod
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
@@ -108,6 +262,32 @@ class CampaignSpec(BaseModel):
         from templates.render import normalize_locale
 
         return normalize_locale(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CampaignSpec:
+        if self.start_at and self.end_at and self.end_at <= self.start_at:
+            raise ValueError("end_at must be after start_at")
+        if self.kind == "triggered" and self.trigger is None:
+            raise ValueError("a triggered campaign needs a trigger:")
+        if self.kind == "broadcast" and self.trigger is not None:
+            raise ValueError("trigger: is for kind: triggered")
+        if self.recurring and self.kind != "broadcast":
+            raise ValueError("recurring: is for broadcasts")
+        steps = [f.step for f in self.follow_ups]
+        if "main" in steps or len(set(steps)) != len(steps):
+            raise ValueError("follow-up steps need distinct names other than 'main'")
+        return self
+
+    @property
+    def steps(self) -> list[str]:
+        return ["main", *(f.step for f in self.follow_ups)]
+
+    def follow_up(self, step: str) -> FollowUp | None:
+        return next((f for f in self.follow_ups if f.step == step), None)
+
+    def template_for(self, step: str) -> str:
+        f = self.follow_up(step)
+        return (f.template if f and f.template else None) or self.template
 
 
 def _path(loc: tuple[Any, ...]) -> str:

@@ -6,22 +6,35 @@ New fields get defaults so that running workflows keep replaying.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import StrEnum
 
 TASK_QUEUE = "clarion"
 
 
 class RunState(StrEnum):
-    waiting = "waiting"      # before the start time
+    waiting = "waiting"      # before the start time, or between steps
     running = "running"
     paused = "paused"
+    budget_exhausted = "budget_exhausted"
     completed = "completed"
     cancelled = "cancelled"
 
 
+class Deferral(StrEnum):
+    """Why a planned delivery is not sent yet (its ``reason`` while it stays ``planned``)."""
+
+    outside_window = "outside_window"      # the member's send window or quiet hours: sent when it opens
+    budget_exhausted = "budget_exhausted"  # sent if the budget is raised
+
+
 @dataclass(frozen=True)
 class Counts:
-    """Outcomes of deliveries handled so far (this run of the workflow and the ones before it)."""
+    """Outcomes of deliveries handled so far (this run of the workflow and the ones before it).
+
+    ``reasons`` breaks down suppressed / held-out / failed deliveries by reason. Deliveries left planned
+    for now (outside the window, budget exhausted) are not outcomes: ``Progress.pending`` shows them.
+    """
 
     audience: int = 0
     sent: int = 0
@@ -29,12 +42,33 @@ class Counts:
     failed: int = 0
     in_doubt: int = 0
     already_done: int = 0    # rows found finished by an earlier attempt or run: not sent again
+    held_out: int = 0
+    cost: str = "0"          # Decimal as text: what the sent messages cost
+    reasons: dict[str, int] = field(default_factory=dict)
 
     def __add__(self, other: Counts) -> Counts:
-        return Counts(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
+        reasons = dict(self.reasons)
+        for k, v in other.reasons.items():
+            reasons[k] = reasons.get(k, 0) + v
+        return Counts(
+            audience=self.audience + other.audience, sent=self.sent + other.sent,
+            suppressed=self.suppressed + other.suppressed, failed=self.failed + other.failed,
+            in_doubt=self.in_doubt + other.in_doubt, already_done=self.already_done + other.already_done,
+            held_out=self.held_out + other.held_out,
+            cost=str(Decimal(self.cost) + Decimal(other.cost)), reasons=reasons,
+        )
 
     def astuple(self) -> tuple[int, ...]:
-        return (self.audience, self.sent, self.suppressed, self.failed, self.in_doubt, self.already_done)
+        return (self.audience, self.sent, self.suppressed, self.failed, self.in_doubt, self.already_done,
+                self.held_out)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """A step of a campaign: ``main``, or a follow-up sent ``after_s`` seconds after the previous step."""
+
+    name: str = "main"
+    after_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +85,13 @@ class BroadcastInput:
     started: bool = False
     # test hook: continue as new after this many rounds (None = when Temporal suggests it)
     rounds_per_run: int | None = None
+    end_at: str | None = None             # ISO 8601; deliveries still pending then are dropped
+    occurrence: str | None = None         # the wave; None = "wave-1", or the scheduled time when recurring
+    recurring: bool = False               # started by a Temporal Schedule: one wave per start
+    step_index: int = 0                   # carried over: which step (0 = main, then the follow-ups)
+    phase: str = "pages"                  # carried over: "pages" (first pass) or "pending" (deferred rows)
+    step_done_at: str | None = None       # carried over: when the previous step finished (follow-up timer)
+    steps: list[StepPlan] = field(default_factory=lambda: [StepPlan()])
 
 
 @dataclass(frozen=True)
@@ -60,11 +101,17 @@ class Progress:
     counts: Counts
     cursor: int
     run_rounds: int = 0
+    step: str = "main"
+    next_open: str | None = None          # when deferred deliveries are due next (ISO 8601)
+    pending: dict[str, int] = field(default_factory=dict)  # planned deliveries by deferral reason
 
 
 @dataclass(frozen=True)
 class CampaignRef:
     campaign_id: int
+    step: str = "main"
+    occurrence: str = "wave-1"
+    now: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +125,10 @@ class PlanPages:
     after: int
     page_size: int
     pages: int
+    step: str = "main"
+    occurrence: str = "wave-1"
+    pending_only: bool = False            # page over the step's planned (deferred) deliveries only
+    now: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,11 +151,83 @@ class DeliverBatch:
     upto: int
     step: str = "main"
     occurrence: str = "wave-1"
+    now: str | None = None                # the workflow's clock (ISO 8601): windows, caps, due times
+    pending_only: bool = False            # only the planned rows already there (no new members)
 
 
 @dataclass(frozen=True)
 class BatchResult:
     counts: Counts
+    budget_exhausted: bool = False
+    deferred: dict[str, int] = field(default_factory=dict)   # left planned, by reason
+
+
+@dataclass(frozen=True)
+class PendingSummary:
+    """Planned deliveries of a step not sent yet, by reason, and when the earliest window opens."""
+
+    by_reason: dict[str, int]
+    next_open: str | None = None          # ISO 8601; None = no window opens (or none deferred by window)
+
+
+@dataclass(frozen=True)
+class ExpirePending:
+    campaign_id: int
+    step: str
+    occurrence: str
+    reason: str = "campaign_ended"
+
+
+@dataclass(frozen=True)
+class TriggeredInput:
+    campaign_id: int
+    cursor: int = 0                       # last event row id examined
+    poll_seconds: float = 1.0             # how often to look for new events when idle
+    batch_size: int = 500
+    counts: Counts = field(default_factory=Counts)
+    matched: int = 0
+    paused: bool = False
+    end_at: str | None = None
+    rounds_per_run: int | None = None     # test hook, as in BroadcastInput
+
+
+@dataclass(frozen=True)
+class MatchEvents:
+    campaign_id: int
+    after: int                            # event row id
+    now: str
+    limit: int = 1000
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    cursor: int                           # the last event row id examined
+    examined: int
+    matched: int                          # deliveries created (planned or held out or suppressed)
+    more: bool                            # more events are waiting
+
+
+@dataclass(frozen=True)
+class DeliverDue:
+    campaign_id: int
+    now: str
+    limit: int = 500
+
+
+@dataclass(frozen=True)
+class DueResult:
+    counts: Counts
+    more: bool                            # more due deliveries are waiting
+    next_due: str | None = None           # the earliest planned delivery not due yet (ISO 8601)
+    budget_exhausted: bool = False
+
+
+@dataclass(frozen=True)
+class ScheduledRunInput:
+    """One run of a date-based trigger (birthday, inactivity, points expiring) from a Temporal Schedule."""
+
+    campaign_id: int
+    batch_size: int = 500
 
 
 @dataclass(frozen=True)

@@ -607,8 +607,8 @@ class RevokeAfterPrepare(DeliveryActivities):
     revoke_emails: set[str] = set()
     program_id = 0
 
-    def _prepare(self, ctx, inp):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
-        counts, targets = super()._prepare(ctx, inp)
+    def _prepare(self, ctx, inp, *args):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+        counts, targets = super()._prepare(ctx, inp, *args)
         ids = [t.member_id for t in targets if t.email in self.revoke_emails]
         if ids:
             revoke(self._engine, self.program_id, ids)
