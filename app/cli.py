@@ -39,7 +39,9 @@ app.add_typer(campaign_app, name="campaign")
 app.add_typer(keys_app, name="keys")
 app.add_typer(programs_app, name="programs")
 from app.events_cli import events_app  # noqa: E402
+from app.segment_cli import segment_app  # noqa: E402
 app.add_typer(events_app, name="events")
+app.add_typer(segment_app, name="segment")
 
 out = Console()
 err = Console(stderr=True)
@@ -174,6 +176,28 @@ def programs_create(key: str, name: Annotated[str, typer.Option()],
     out.print(f"program {p.key!r} ({p.name})")
 
 
+@programs_app.command("settings")
+@friendly
+def programs_settings(key: str, file: Annotated[Path | None, typer.Argument(
+        exists=True, dir_okay=False, readable=True, help="YAML: unit_costs, quiet_hours, caps")] = None) -> None:
+    """Show a program's rules, or set them from a YAML file (unit costs per channel, quiet hours per
+    channel, program-wide frequency caps)."""
+    import yaml
+
+    from members.service import get_program, set_program_settings
+
+    engine = _engine()
+    if file is not None:
+        try:
+            data = yaml.safe_load(file.read_text("utf-8"))
+        except yaml.YAMLError as exc:
+            raise SpecError([("YAML", f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+        set_program_settings(engine=engine, key=key, data=data)
+    with Session(engine) as s:
+        stored = get_program(s, key).settings
+    out.print(yaml.safe_dump(stored or {}, allow_unicode=True, sort_keys=False).strip() or "{} (defaults)")
+
+
 @members_app.command("import")
 @friendly
 def members_import(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
@@ -223,8 +247,92 @@ def _print_view(view: Any) -> None:
     total = "?" if view.total is None else view.total
     source = "live" if view.live else "from the database"
     out.print(f"{view.program}/{view.key}: [bold]{view.status}[/] ({source}); audience {total}; "
-              f"sent {c.sent}, suppressed {c.suppressed}, failed {c.failed}, in doubt {c.in_doubt}, "
-              f"already done {c.already_done}")
+              f"sent {c.sent}, held out {c.held_out}, suppressed {c.suppressed}, failed {c.failed}, "
+              f"in doubt {c.in_doubt}, already done {c.already_done}")
+    if c.reasons:
+        out.print("  by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(c.reasons.items())))
+    if view.pending:
+        when = f" (next window opens {view.next_open})" if view.next_open else ""
+        out.print("  waiting: " + ", ".join(f"{k} {v}" for k, v in sorted(view.pending.items())) + when)
+    if view.budget_limit is not None or c.cost != "0":
+        limit = view.budget_limit if view.budget_limit is not None else "no limit"
+        out.print(f"  budget: spent {view.budget_spent} of {limit}")
+    if view.schedule:
+        sch = view.schedule
+        out.print(f"  schedule: {'paused' if sch['paused'] else 'active'}, {sch['runs']} run(s); "
+                  f"next: {', '.join(sch['next_runs']) or 'none'}")
+
+
+@campaign_app.command("estimate")
+@friendly
+def campaign_estimate(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]) -> None:
+    """Before launch: audience size, held out, reachable per channel, suppressed by reason, cost."""
+    import time
+
+    from campaigns.estimate import estimate
+    from campaigns.spec import load_spec
+    from members.service import get_program
+    from storage.tables import utcnow
+
+    spec = load_spec(file.read_text("utf-8"))
+    started = time.perf_counter()
+    with Session(_engine()) as s:
+        est = estimate(session=s, program=get_program(s, spec.program), spec=spec, now=utcnow())
+    t = Table(title=f"{spec.program}/{spec.key}: estimate ({time.perf_counter() - started:.2f} s)")
+    t.add_column("")
+    t.add_column("members", justify="right")
+    t.add_row("audience", str(est.audience))
+    t.add_row("held out (control)", str(est.held_out))
+    for ch in est.channels:
+        t.add_row(f"{ch.channel}: reachable", str(ch.reachable))
+        for reason, n in sorted(ch.suppressed.items()):
+            t.add_row(f"{ch.channel}: suppressed, {reason}", str(n))
+        t.add_row(f"{ch.channel}: cost ({ch.unit_cost} each)", f"{ch.cost} {est.currency}")
+    t.add_row("cost", f"{est.cost} {est.currency}")
+    if est.budget is not None:
+        t.add_row("budget", f"{est.budget} {est.currency}")
+        t.add_row("within budget", str(est.within_budget))
+    out.print(t)
+    if est.over_budget:
+        err.print(f"the budget pays for {est.within_budget} of {sum(c.reachable for c in est.channels)} "
+                  "messages: the campaign will stop there (status budget_exhausted) unless it is raised")
+
+
+@campaign_app.command("budget")
+@friendly
+def campaign_budget(key: str, amount: Annotated[str, typer.Argument(help="the new limit, or 'none'")],
+                    program: ProgramOpt) -> None:
+    """Change a campaign's budget limit; a campaign stopped by its budget goes on."""
+    from decimal import Decimal, InvalidOperation
+
+    from app import campaigns as service
+
+    try:
+        limit = None if amount.lower() == "none" else Decimal(amount)
+    except InvalidOperation:
+        raise ClarionError(f"{amount!r} is not an amount", field="budget") from None
+    engine = _engine()
+    _print_view(_with_client(lambda c: service.set_budget(engine=engine, client=c, program=program, key=key,
+                                                          limit=limit)))
+
+
+@campaign_app.command("end")
+@friendly
+def campaign_end(key: str, at: Annotated[str, typer.Argument(help="ISO 8601 with offset, or 'none'")],
+                 program: ProgramOpt) -> None:
+    """Move a running campaign's end date (what is still waiting then is dropped)."""
+    from datetime import datetime
+
+    from app import campaigns as service
+
+    try:
+        end_at = None if at.lower() == "none" else datetime.fromisoformat(at)
+    except ValueError:
+        raise ClarionError(f"{at!r} is not a date and time (e.g. 2026-12-01T10:00:00+03:00)",
+                           field="end_at") from None
+    engine = _engine()
+    _print_view(_with_client(lambda c: service.set_end(engine=engine, client=c, program=program, key=key,
+                                                       end_at=end_at)))
 
 
 @campaign_app.command("launch")

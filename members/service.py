@@ -64,6 +64,25 @@ def ensure_program(*, engine: Engine, key: str, name: str, default_locale: str =
         return program
 
 
+def set_program_settings(*, engine: Engine, key: str, data: Any) -> dict[str, Any]:
+    """Validate and store a program's rules (unit costs, quiet hours per channel, frequency caps)."""
+    from campaigns.rules import ProgramRules
+    from campaigns.spec import SpecError
+
+    if not isinstance(data, dict):
+        raise SpecError([("", "the settings must be a mapping (unit_costs, quiet_hours, caps)")])
+    try:
+        rules = ProgramRules.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(validation_errors(exc)) from None
+    stored = rules.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    with session_scope(engine) as s:
+        program = get_program(s, key)
+        program.settings = stored
+        s.add(program)
+    return stored
+
+
 def validation_errors(exc: ValidationError) -> list[tuple[str, str]]:
     out = []
     for err in exc.errors():

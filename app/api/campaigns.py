@@ -6,7 +6,12 @@ import dataclasses
 import json
 from typing import Annotated, Any, Literal
 
+from datetime import datetime
+from decimal import Decimal
+
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlmodel import Session
 
@@ -14,9 +19,10 @@ from analytics.report import campaign_report
 from app import campaigns as service
 from app.api.deps import EngineDep, RendererDep, SettingsDep, TemporalDep, require
 from app.errors import Invalid, NotFound
+from campaigns.estimate import estimate
 from campaigns.spec import load_spec, parse_spec
 from members.service import get_program
-from storage.tables import Campaign, Role
+from storage.tables import Campaign, Role, utcnow
 
 router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
 ProgramQ = Annotated[str, Query(description="the program's key", pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")]
@@ -25,7 +31,38 @@ Key = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")]
 
 def _view(v: service.CampaignView) -> dict[str, Any]:
     return {"key": v.key, "program": v.program, "status": v.status, "workflow_id": v.workflow_id,
-            "total": v.total, "counts": dataclasses.asdict(v.counts), "live": v.live}
+            "total": v.total, "counts": dataclasses.asdict(v.counts), "live": v.live,
+            "pending": v.pending or {}, "next_open": v.next_open,
+            "budget": {"limit": v.budget_limit, "spent": v.budget_spent}, "schedule": v.schedule}
+
+
+class BudgetIn(BaseModel):
+    limit: Decimal | None = Field(description="the new limit in the program's currency; null = no limit")
+
+
+class EndIn(BaseModel):
+    end_at: datetime | None = Field(description="ISO 8601 with offset; null = no end date")
+
+
+def _spec_from(raw: bytes, ctype: str) -> Any:
+    if "yaml" in ctype:
+        return load_spec(raw.decode("utf-8", errors="replace"))
+    try:
+        return parse_spec(json.loads(raw or b"null"))
+    except json.JSONDecodeError as exc:
+        raise Invalid([("body", f"not valid JSON: {exc.msg} at line {exc.lineno}")]) from None
+
+
+@router.post("/estimate", dependencies=[Depends(require(Role.marketer, Role.analyst))],
+             openapi_extra={"requestBody": {"content": {
+                 "application/json": {"schema": {"type": "object"}},
+                 "application/yaml": {"schema": {"type": "string"}}}, "required": True}})
+async def estimate_campaign(request: Request, engine: EngineDep) -> dict[str, Any]:
+    """Before launch: audience, held out, reachable and suppressed per channel, cost against the budget."""
+    spec = _spec_from(await request.body(), request.headers.get("content-type", ""))
+    with Session(engine) as s:
+        est = estimate(session=s, program=get_program(s, spec.program), spec=spec, now=utcnow())
+    return {**jsonable_encoder(dataclasses.asdict(est)), "over_budget": est.over_budget}
 
 
 @router.post("", status_code=202, dependencies=[Depends(require(Role.marketer))],
@@ -35,15 +72,7 @@ def _view(v: service.CampaignView) -> dict[str, Any]:
 async def launch_campaign(request: Request, engine: EngineDep, settings: SettingsDep,
                           renderer: RendererDep) -> dict[str, Any]:
     """Launch a campaign from its spec. The same spec twice is one run."""
-    raw = await request.body()
-    ctype = request.headers.get("content-type", "")
-    if "yaml" in ctype:
-        spec = load_spec(raw.decode("utf-8", errors="replace"))
-    else:
-        try:
-            spec = parse_spec(json.loads(raw or b"null"))
-        except json.JSONDecodeError as exc:
-            raise Invalid([("body", f"not valid JSON: {exc.msg} at line {exc.lineno}")]) from None
+    spec = _spec_from(await request.body(), request.headers.get("content-type", ""))
     client = await request.app.state.temporal()  # only once the spec is valid
     return _view(await service.launch(engine=engine, client=client, settings=settings, spec=spec,
                                       renderer=renderer))
@@ -53,6 +82,22 @@ async def launch_campaign(request: Request, engine: EngineDep, settings: Setting
 async def campaign_status(key: Key, program: ProgramQ, engine: EngineDep, client: TemporalDep) -> dict[str, Any]:
     """Status and progress, live from the workflow's query (from the database once the workflow is gone)."""
     return _view(await service.status_of(engine=engine, client=client, program=program, key=key))
+
+
+@router.put("/{key}/budget", dependencies=[Depends(require(Role.marketer))])
+async def change_budget(key: Key, body: BudgetIn, program: ProgramQ, engine: EngineDep,
+                        client: TemporalDep) -> dict[str, Any]:
+    """Raise (or lower, or remove) the budget; a campaign stopped by its budget goes on."""
+    return _view(await service.set_budget(engine=engine, client=client, program=program, key=key,
+                                          limit=body.limit))
+
+
+@router.put("/{key}/end", dependencies=[Depends(require(Role.marketer))])
+async def change_end(key: Key, body: EndIn, program: ProgramQ, engine: EngineDep,
+                     client: TemporalDep) -> dict[str, Any]:
+    """Move a running campaign's end date."""
+    return _view(await service.set_end(engine=engine, client=client, program=program, key=key,
+                                       end_at=body.end_at))
 
 
 @router.post("/{key}/{action}", dependencies=[Depends(require(Role.marketer))])
