@@ -443,7 +443,9 @@ class DeliveryActivities:
                 Delivery.reason.is_distinct_from(Deferral.budget_exhausted))  # type: ignore[union-attr]
         with session_scope(self._engine) as s:
             rows = list(s.execute(
-                select(Delivery.id, Delivery.step, Delivery.occurrence, Member.id, Member.email, Member.locale,
+                # labelled: a bare `r.id` would be the delivery's id, not the member's
+                select(Delivery.id.label("delivery_id"), Delivery.step, Delivery.occurrence,  # type: ignore[union-attr]
+                       Member.id.label("id"), Member.email, Member.locale,  # type: ignore[union-attr]
                        Member.first_name, Member.last_name, Member.kind, Member.time_zone, Member.attributes)
                 .join(Member, Member.id == Delivery.member_id)
                 .where(*base, due).order_by(Delivery.id).limit(inp.limit + 1)))
@@ -457,13 +459,13 @@ class DeliveryActivities:
             targets: list[_Target] = []
             waiting: dict[datetime | None, list[int]] = {}
             for r in rows:
-                if r[0] in cancelled:
+                if r.delivery_id in cancelled:
                     continue
                 opens = self._window_opens(ctx, r.time_zone, now)
                 if opens != now:
-                    waiting.setdefault(opens, []).append(r[0])
+                    waiting.setdefault(opens, []).append(r.delivery_id)
                     continue
-                targets.append(self._target(ctx, r.step, r[0], r, self._locale_for(ctx, r.step, r.locale)))
+                targets.append(self._target(ctx, r.step, r.delivery_id, r, self._locale_for(ctx, r.step, r.locale)))
             self._wait_for_windows(s, waiting, tally)
             next_due = s.scalar(select(func.min(Delivery.due_at)).where(*base, Delivery.due_at > now))  # type: ignore[operator]
         if next_due is not None and next_due.tzinfo is None:
@@ -488,7 +490,7 @@ class DeliveryActivities:
             return set()
         from campaigns.triggers import event_conditions
 
-        by_occurrence = {r.occurrence: r[0] for r in rows}
+        by_occurrence = {r.occurrence: r.delivery_id for r in rows}
         origin = Event.__table__.alias("origin")
         later = Event.__table__.alias("later")
         found = s.execute(
