@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import timedelta
 from pathlib import Path
 
 from rich.console import Console
 from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
+from temporalio.client import Client
 
 from analytics.report import campaign_report
 from app import campaigns as service
@@ -19,12 +22,14 @@ from app.settings import Settings
 from app.stack import embedded_stack
 from campaigns.spec import load_spec
 from members.profile import ConsentGrant, MemberIn
-from members.service import ensure_program, upsert_members
+from members.events import ingest_events
+from members.service import ensure_program, get_program, upsert_members
 from storage.db import make_engine
-from storage.tables import Campaign, Member
+from storage.tables import Campaign, Delivery, Member, utcnow
 from templates.render import Renderer
 
 SPEC = Path(__file__).resolve().parent.parent / "examples" / "double-points.yaml"
+TRIGGERED_SPEC = Path(__file__).resolve().parent.parent / "examples" / "thank-you.yaml"
 ZONES = ["Europe/Moscow", "Asia/Yekaterinburg", "Asia/Vladivostok", "Europe/London", "America/New_York"]
 NAMES = {"ru": ["Анна", "Иван", "Мария", "Олег", "Светлана", "Дмитрий"],
          "en": ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank"],
@@ -49,7 +54,8 @@ def demo_members(n: int, seed: int = 42) -> list[tuple[None, str, MemberIn]]:
         out.append((None, f"DEMO-{i:06d}", MemberIn(
             first_name=rnd.choice(NAMES[lang]), locale=locale, time_zone=rnd.choice(ZONES),
             email=None if rnd.random() < 0.02 else f"member{i:06d}@demo.clarion.example",
-            attributes={"tier": rnd.choices(["basic", "silver", "gold"], weights=[70, 20, 10])[0]},
+            attributes={"tier": rnd.choices(["basic", "silver", "gold"], weights=[70, 20, 10])[0],
+                        "points_balance": rnd.randrange(0, 5000, 10)},
             consents=consents,
         )))
     return out
@@ -89,7 +95,45 @@ async def run_demo(settings: Settings, *, members: int = 1200, console: Console 
         with Session(engine) as s:
             cid = s.scalar(select(Campaign.id).where(Campaign.key == spec.key))
         print_report(campaign_report(engine, cid or 0), console)
+        await triggered_demo(settings, engine, stack.client, console)
         console.print(f"mailbox {settings.maildir}: {len(list_mail(settings.maildir))} messages "
                       "(list them with `clarion mailbox`)")
         engine.dispose()
     return 0
+
+
+def demo_purchases(n: int, members: int, seed: int = 7) -> list[dict]:
+    """Deterministic purchase events (ids are stable, so a second demo run posts duplicates only)."""
+    rnd = random.Random(seed)
+    now = utcnow()
+    return [{"id": f"demo-purchase-{i:05d}", "type": "purchase", "member": f"DEMO-{rnd.randint(1, members):06d}",
+             "occurred_at": (now - timedelta(seconds=n - i)).isoformat(),
+             "payload": {"amount": rnd.choice([250, 480, 990, 1000, 1500, 2300, 4100]), "currency": "RUB",
+                         "store": f"store-{rnd.randint(1, 12)}"}}
+            for i in range(1, n + 1)]
+
+
+async def triggered_demo(settings: Settings, engine: Engine, client: Client, console: Console,
+                         purchases: int = 200, members: int = 1200) -> None:
+    """The thank-you campaign reacts to purchases over 1,000 ₽ posted as events by the 'loyalty core'."""
+    spec = load_spec(TRIGGERED_SPEC.read_text("utf-8"))
+    await service.launch(engine=engine, client=client, settings=settings, spec=spec, renderer=Renderer())
+    with Session(engine) as s:
+        program_id = get_program(s, spec.program).id or 0
+        cid = s.scalar(select(Campaign.id).where(Campaign.program_id == program_id, Campaign.key == spec.key)) or 0
+    result = await asyncio.to_thread(ingest_events, engine=engine, program_id=program_id,
+                                     items=demo_purchases(purchases, members))
+    console.print(f"loyalty core → {purchases} purchase events: {result.accepted} accepted, "
+                  f"{result.duplicates} duplicates; campaign {spec.key!r} reacts to those over 1,000 ₽")
+    deadline = asyncio.get_running_loop().time() + 60
+    last = -1
+    while asyncio.get_running_loop().time() < deadline:
+        with Session(engine) as s:
+            rows = s.scalar(select(func.count()).select_from(Delivery).where(Delivery.campaign_id == cid)) or 0
+            waiting = s.scalar(select(func.count()).select_from(Delivery).where(
+                Delivery.campaign_id == cid, Delivery.status.in_(("planned", "sending")))) or 0  # type: ignore[attr-defined]
+        if rows and not waiting and rows == last:
+            break
+        last = rows
+        await asyncio.sleep(1.0)
+    print_report(campaign_report(engine, cid), console)
