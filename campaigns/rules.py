@@ -101,6 +101,12 @@ class QuietHoursRule(BaseModel):
     start: HHMM = Field(alias="from")
     end: HHMM = Field(alias="to")
 
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHoursRule:
+        if self.start == self.end:
+            raise ValueError("quiet hours need from and to to differ (null switches them off)")
+        return self
+
 
 class ProgramRules(BaseModel):
     """What a program sets once for all its campaigns (stored in ``program.settings``)."""
