@@ -402,17 +402,17 @@ class TimedActivities(DeliveryActivities):
             self.batches.append((t, time.perf_counter()))
             self._add("deliver_batch activity", t)
 
-    def _prepare(self, ctx: Any, inp: Any) -> Any:
+    def _prepare(self, ctx: Any, inp: Any, *args: Any) -> Any:
         t = time.perf_counter()
         try:
-            return super()._prepare(ctx, inp)
+            return super()._prepare(ctx, inp, *args)
         finally:
             self._add("_prepare (thread, SQL)", t)
 
-    def _claim(self, ctx: Any, chunk: Any, tally: Any) -> Any:
+    def _claim(self, ctx: Any, chunk: Any, *args: Any) -> Any:
         t = time.perf_counter()
         try:
-            return super()._claim(ctx, chunk, tally)
+            return super()._claim(ctx, chunk, *args)
         finally:
             self._add("_claim (thread, SQL)", t)
 
@@ -430,12 +430,12 @@ class TimedActivities(DeliveryActivities):
         finally:
             self._add("_message: sign+render (on the event loop)", t0)
 
-    async def _send_one(self, ctx: Any, t: Any) -> Any:
+    async def _send_one(self, t: Any, *args: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            return await super()._send_one(ctx, t)
+            return await super()._send_one(t, *args)
         finally:
-            self._add("_send_one (render+build+pool wait+SMTP)", t0)
+            self._add("_send_one (build+pool wait+SMTP)", t0)
 
     def report(self, elapsed: float) -> list[str]:
         lines = []
