@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -12,10 +11,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from campaigns.rules import Duration, FrequencyCap, SendWindow
+from campaigns.segments import Audience
 from storage.tables import ChannelName
 
 KEY = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
-MEMBER_COLUMNS = ("locale", "kind", "time_zone")
 
 
 class SpecError(ValueError):
@@ -26,51 +25,7 @@ class SpecError(ValueError):
         super().__init__("; ".join(f"{path}: {msg}" if path else msg for path, msg in problems))
 
 
-class Op(StrEnum):
-    eq = "eq"
-    ne = "ne"
-    in_ = "in"
-    not_in = "not_in"
-
-
 Scalar = str | int | float | bool
-
-
-class Condition(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    field: str = Field(description="locale, kind, time_zone or attributes.<name>")
-    op: Op = Op.eq
-    value: Scalar | list[Scalar]
-
-    @field_validator("field")
-    @classmethod
-    def _known_field(cls, v: str) -> str:
-        if v in MEMBER_COLUMNS or re.fullmatch(r"attributes\.[A-Za-z_][A-Za-z0-9_]{0,63}", v):
-            return v
-        raise ValueError(f"unknown field {v!r}: use one of {', '.join(MEMBER_COLUMNS)} or attributes.<name>")
-
-    @model_validator(mode="after")
-    def _value_fits_op(self) -> Condition:
-        is_list = isinstance(self.value, list)
-        if self.op in (Op.in_, Op.not_in) and not is_list:
-            raise ValueError(f"op {self.op.value!r} needs a list value")
-        if self.op in (Op.eq, Op.ne) and is_list:
-            raise ValueError(f"op {self.op.value!r} needs a single value, not a list")
-        return self
-
-
-class Audience(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    all: bool = False
-    filter: list[Condition] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _one_way(self) -> Audience:
-        if self.all == bool(self.filter):
-            raise ValueError("set either all: true or a non-empty filter")
-        return self
 
 
 class EventType(StrEnum):
@@ -309,7 +264,8 @@ def parse_spec(data: Any) -> CampaignSpec:
         problems: dict[str, str] = {}
         for err in exc.errors():
             loc = tuple(err["loc"])
-            if "value" in loc:  # a union's members each report; one problem at the value is enough
+            if "value" in loc and len(loc) > loc.index("value") + 1:
+                # a union's members each report (value.str, value.int, ...): one problem at the value
                 loc = loc[:loc.index("value") + 1]
                 msg = "use text, a number, true/false, or a list of those"
             else:

@@ -116,7 +116,7 @@ def test_filter_on_unknown_member_field_is_refused_with_the_allowed_fields():
 @pytest.mark.parametrize("audience", [{}, {"all": False}, {"filter": []}])
 def test_audience_with_neither_all_nor_filter_is_refused(audience):
     assert problems_of(base(audience=audience)) == [
-        ("audience", "set either all: true or a non-empty filter")]
+        ("audience", "set all: true, rules, filter or include")]
 
 
 def test_audience_with_both_all_and_filter_is_refused():
