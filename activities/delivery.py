@@ -236,7 +236,7 @@ class DeliveryActivities:
                     .where(Delivery.campaign_id == ref.campaign_id, Delivery.step == ref.step,
                            Delivery.occurrence == ref.occurrence, Delivery.status == DeliveryStatus.planned)
                     .group_by(Delivery.reason)).all()
-            by_reason = {str(reason or "planned"): n for reason, n in rows}
+            by_reason = {str(reason or "planned"): n for reason, n, _ in rows}
             dues = [due for reason, _, due in rows if reason == Deferral.outside_window and due is not None]
             next_open = min(dues) if dues else None
             if next_open is not None and next_open.tzinfo is None:  # SQLite returns naive UTC
@@ -248,11 +248,14 @@ class DeliveryActivities:
     async def expire_pending(self, inp: ExpirePending) -> Counts:
         """The campaign ended (end date, cancel): deliveries still planned are suppressed with a reason."""
         def run() -> int:
+            which = [Delivery.campaign_id == inp.campaign_id, Delivery.step == inp.step,
+                     Delivery.status == DeliveryStatus.planned]
+            if not inp.every_occurrence:
+                which.append(Delivery.occurrence == inp.occurrence)
             with session_scope(self._engine) as s:
-                return s.execute(update(Delivery).where(
-                    Delivery.campaign_id == inp.campaign_id, Delivery.step == inp.step,  # type: ignore[arg-type]
-                    Delivery.occurrence == inp.occurrence, Delivery.status == DeliveryStatus.planned)
-                    .values(status=DeliveryStatus.suppressed, reason=inp.reason, updated_at=utcnow())).rowcount
+                return s.execute(update(Delivery).where(*which)  # type: ignore[arg-type]
+                                 .values(status=DeliveryStatus.suppressed, reason=inp.reason,
+                                         updated_at=utcnow())).rowcount
         n = await asyncio.to_thread(run)
         return Counts(suppressed=n, reasons={inp.reason: n} if n else {})
 
@@ -438,9 +441,9 @@ class DeliveryActivities:
 
     def _prepare_due(self, ctx: _CampaignCtx, inp: DeliverDue, now: datetime,
                      tally: _Tally) -> tuple[list[_Target], bool, datetime | None]:
+        # rows the budget missed are included: the workflow only asks again once the budget was changed
         due = (Delivery.due_at.is_(None)) | (Delivery.due_at <= now)  # type: ignore[union-attr,operator]
-        base = (Delivery.campaign_id == ctx.id, Delivery.status == DeliveryStatus.planned,
-                Delivery.reason.is_distinct_from(Deferral.budget_exhausted))  # type: ignore[union-attr]
+        base = (Delivery.campaign_id == ctx.id, Delivery.status == DeliveryStatus.planned)
         with session_scope(self._engine) as s:
             rows = list(s.execute(
                 # labelled: a bare `r.id` would be the delivery's id, not the member's
@@ -603,7 +606,8 @@ class DeliveryActivities:
         for cap in ctx.caps:
             q = (select(Delivery.member_id).where(
                     Delivery.member_id.in_(member_ids),  # type: ignore[attr-defined]
-                    Delivery.sent_at >= now - cap.per, Delivery.sent_at <= now,  # type: ignore[operator]
+                    # no upper bound: a campaign running at the same time may have claimed with a later clock
+                    Delivery.sent_at >= now - cap.per,  # type: ignore[operator]
                     Delivery.status.in_(COUNTED_BY_CAPS))  # type: ignore[attr-defined]
                  .group_by(Delivery.member_id).having(func.count() >= cap.max))
             if cap.scope == CapScope.campaign:

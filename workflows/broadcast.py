@@ -46,6 +46,7 @@ class BroadcastCampaign:
         self._paused = False
         self._cancelled = False
         self._budget_changes = 0
+        self._exhausted_at: int | None = None  # the budget-change count a batch last ran out of budget under
         self._end_at: datetime | None = None
         self._counts = Counts()
         self._total: int | None = None
@@ -162,8 +163,10 @@ class BroadcastCampaign:
                 workflow.continue_as_new(self._carry(inp, step_index=index, phase="pages"))
 
     async def _drain_pending(self, inp: BroadcastInput, ref: CampaignRef) -> bool:
-        """Send what the first pass deferred, when it may go. False when the campaign stopped."""
-        seen_budget_changes = self._budget_changes
+        """Send what the first pass deferred, when it may go. False when the campaign stopped.
+
+        Members the budget did not reach are tried again once the budget changed after it ran out (a
+        change while the first pass still ran counts), or once after a continue-as-new."""
         while True:
             summary = await workflow.execute_activity(
                 "pending_summary", replace(ref, now=workflow.now().isoformat()), result_type=PendingSummary,
@@ -175,7 +178,8 @@ class BroadcastCampaign:
             if self._cancelled or self._ended():
                 await self._expire(ref)
                 return False
-            if summary.by_reason.get(Deferral.budget_exhausted) and self._budget_changes == seen_budget_changes:
+            seen_budget_changes = self._budget_changes
+            if summary.by_reason.get(Deferral.budget_exhausted) and self._exhausted_at == seen_budget_changes:
                 self._state = RunState.budget_exhausted
                 await self._set_status(ref, "budget_exhausted")
                 await self._wait_until(self._end_at, lambda: self._budget_changes != seen_budget_changes)
@@ -190,7 +194,6 @@ class BroadcastCampaign:
                 if self._cancelled or self._ended():
                     await self._expire(ref)
                     return False
-            seen_budget_changes = self._budget_changes
             if not await self._unless_paused(ref):
                 await self._expire(ref)
                 return False
@@ -215,6 +218,7 @@ class BroadcastCampaign:
 
     async def _deliver(self, inp: BroadcastInput, ref: CampaignRef, plan: PagePlan, now: str,
                        pending_only: bool) -> bool:
+        budget_changes = self._budget_changes
         results = await asyncio.gather(*(
             workflow.execute_activity(
                 "deliver_batch",
@@ -229,7 +233,10 @@ class BroadcastCampaign:
         ))
         for result in results:
             self._counts = self._counts + result.counts
-        return any(r.budget_exhausted for r in results)
+        exhausted = any(r.budget_exhausted for r in results)
+        if exhausted:  # under the budget as it was when these batches started
+            self._exhausted_at = budget_changes
+        return exhausted
 
     def _carry(self, inp: BroadcastInput, *, step_index: int, phase: str) -> BroadcastInput:
         return replace(

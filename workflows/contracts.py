@@ -176,6 +176,7 @@ class ExpirePending:
     step: str
     occurrence: str
     reason: str = "campaign_ended"
+    every_occurrence: bool = False        # a triggered campaign: its pending reactions, whatever the event
 
 
 @dataclass(frozen=True)

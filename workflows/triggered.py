@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         Counts,
         DeliverDue,
         DueResult,
+        ExpirePending,
         MatchEvents,
         MatchResult,
         Progress,
@@ -113,6 +114,8 @@ class TriggeredCampaign:
                 if self._cancelled:
                     break
                 await _set_status(inp.campaign_id, "running")
+            # what the round has seen: a signal arriving while its activities run must still wake the idle wait
+            marks = (self._wakes, self._budget_changes, self._paused, self._end_at)
 
             match: MatchResult = await workflow.execute_activity(
                 "match_events", MatchEvents(campaign_id=inp.campaign_id, after=self._cursor,
@@ -131,8 +134,8 @@ class TriggeredCampaign:
                 due = await _deliver_due(inp.campaign_id, inp.batch_size)
                 self._counts = self._counts + due.counts
                 self._next_due, more_due = due.next_due, due.more
-                if due.budget_exhausted:
-                    exhausted_at = self._budget_changes
+                if due.budget_exhausted:  # a budget raised while this round ran is tried next round
+                    exhausted_at = marks[1]
                     self._state = RunState.budget_exhausted
                     await _set_status(inp.campaign_id, "budget_exhausted")
             self._rounds += 1
@@ -143,14 +146,24 @@ class TriggeredCampaign:
                     end_at=self._end_at.isoformat() if self._end_at else None))
             if match.more or more_due:
                 continue
-            await self._idle(inp, exhausted_at)
+            await self._idle(inp, exhausted_at, marks)
 
+        # reactions still waiting for their delay or window will not be sent: say so, as a broadcast does
+        dropped: Counts = await workflow.execute_activity(
+            "expire_pending", ExpirePending(campaign_id=inp.campaign_id, step="main", occurrence="",
+                                            reason="cancelled" if self._cancelled else "campaign_ended",
+                                            every_occurrence=True),
+            result_type=Counts, start_to_close_timeout=retry.DB_QUICK_TIMEOUT, retry_policy=retry.DB_QUICK,
+        )
+        self._counts = self._counts + dropped
+        self._next_due = None
         await _set_status(inp.campaign_id, "cancelled" if self._cancelled else "completed")
         self._state = RunState.cancelled if self._cancelled else RunState.completed
         return self.progress()
 
-    async def _idle(self, inp: TriggeredInput, exhausted_at: int) -> None:
-        wakes, budget, paused, end = self._wakes, self._budget_changes, self._paused, self._end_at
+    async def _idle(self, inp: TriggeredInput, exhausted_at: int,
+                    marks: tuple[int, int, bool, datetime | None]) -> None:
+        wakes, budget, paused, end = marks
         timeout = timedelta(seconds=inp.poll_seconds)
         if self._next_due and exhausted_at < 0:
             until_due = datetime.fromisoformat(self._next_due) - workflow.now()
