@@ -89,6 +89,9 @@ COUNTED_BY_CAPS = (DeliveryStatus.sending, DeliveryStatus.sent, DeliveryStatus.d
 CONTROL = "control"
 CAPPED = "frequency_cap"
 CANCELLED_BY_EVENT = "cancelled_by_event"
+ONCE_PER_MEMBER = "once_per_member"
+COOLDOWN = "cooldown"
+REACHED = (DeliveryStatus.sending, DeliveryStatus.sent, DeliveryStatus.delivered, DeliveryStatus.in_doubt)
 NO_WINDOW = "no_window"    # the send window and quiet hours never overlap for the member's time zone
 
 
@@ -459,6 +462,13 @@ class DeliveryActivities:
                 s.execute(update(Delivery).where(Delivery.id.in_(cancelled))  # type: ignore[union-attr]
                           .values(status=DeliveryStatus.suppressed, reason=CANCELLED_BY_EVENT, updated_at=utcnow()))
                 tally.add(DeliveryStatus.suppressed, CANCELLED_BY_EVENT, len(cancelled))
+            repeated = self._already_reacted(s, ctx, [r for r in rows if r.delivery_id not in cancelled], now)
+            if repeated:
+                reason = ONCE_PER_MEMBER if ctx.spec.trigger and ctx.spec.trigger.once_per_member else COOLDOWN
+                s.execute(update(Delivery).where(Delivery.id.in_(repeated))  # type: ignore[union-attr]
+                          .values(status=DeliveryStatus.suppressed, reason=reason, updated_at=utcnow()))
+                tally.add(DeliveryStatus.suppressed, reason, len(repeated))
+                cancelled |= repeated
             targets: list[_Target] = []
             waiting: dict[datetime | None, list[int]] = {}
             for r in rows:
@@ -485,6 +495,27 @@ class DeliveryActivities:
                 continue
             self._defer_rows(s, ids, Deferral.outside_window, due_at=opens)
             tally.add(DeliveryStatus.planned, Deferral.outside_window, len(ids))
+
+    def _already_reacted(self, s: Session, ctx: _CampaignCtx, rows: Sequence[Any], now: datetime) -> set[int]:
+        """Once-per-member and cooldown, checked again when a reaction is due: with cancel-if, several
+        reactions of a member may wait at once (a newer one may cancel an older one); the first that is
+        actually sent uses up "once" (or starts the cooldown), and the others are suppressed."""
+        trigger = ctx.spec.trigger
+        if trigger is None or not rows or not (trigger.once_per_member or trigger.cooldown is not None):
+            return set()
+        reached = select(Delivery.member_id).where(
+            Delivery.campaign_id == ctx.id, Delivery.step == "main",
+            Delivery.member_id.in_({r.id for r in rows}),  # type: ignore[attr-defined]
+            Delivery.status.in_(REACHED))  # type: ignore[attr-defined]
+        if not trigger.once_per_member and trigger.cooldown is not None:
+            reached = reached.where(Delivery.sent_at > now - trigger.cooldown)  # type: ignore[operator]
+        taken = set(s.scalars(reached))
+        repeated: set[int] = set()
+        for r in rows:  # oldest first: within this page, the first reaction of a member goes
+            if r.id in taken:
+                repeated.add(r.delivery_id)
+            taken.add(r.id)
+        return repeated
 
     def _cancelled_by_event(self, s: Session, ctx: _CampaignCtx, rows: Sequence[Any]) -> set[int]:
         """Pending reactions whose member had a newer event of the cancel-if type (e.g. bought again)."""

@@ -145,10 +145,16 @@ class TriggerActivities:
         limit_per_member = trigger.once_per_member or trigger.cooldown is not None
         latest: dict[int, datetime] = {}
         existing_occ: set[tuple[int, str]] = set()
+        # with cancel-if, a waiting reaction may still be cancelled by a newer event: it does not block
+        # the newer one here; deliver_due lets only the first reaction actually sent go
+        ignored = [DeliveryStatus.suppressed] + ([DeliveryStatus.planned] if trigger.cancel_if else [])
         if limit_per_member:
             for mid, occ, created in s.execute(
                     select(Delivery.member_id, Delivery.occurrence, Delivery.created_at).where(
+                        # a suppressed reaction (no consent, cancelled by a newer event) reached nobody:
+                        # it does not use up "once" or start a cooldown; a held-out one does (control group)
                         Delivery.campaign_id == ctx.id, Delivery.step == "main",
+                        Delivery.status.not_in(ignored),  # type: ignore[attr-defined]
                         Delivery.member_id.in_(member_ids))):  # type: ignore[attr-defined]
                 existing_occ.add((mid, occ))
                 created = _aware(created)

@@ -181,6 +181,35 @@ async def test_once_per_member_and_cooldown(workers, engine: Engine) -> None:
             await stop(rig, h)
 
 
+async def test_once_per_member_with_cancel_if_thanks_the_purchase_that_was_not_followed_by_another(
+        workers, engine: Engine) -> None:
+    """A reaction cancelled by a newer purchase does not use up "once": the newer one is thanked, once."""
+    program, (m1,) = bulk_members(engine, 1)
+    cid = make_campaign(engine, program, key="once-cancel", **triggered(
+        event="purchase", delay="2h", cancel_if={"event": "purchase"}, once_per_member=True))
+    async with workers(engine=engine) as rig:
+        handle = await start_triggered(rig, cid)
+        t0 = await rig.now()
+        add_events(engine, program, [purchase("x1", m1, t0, 100)])
+        await seen(handle, engine, "x1")
+        await skip(rig, timedelta(hours=1), handle)
+        add_events(engine, program, [purchase("x2", m1, t0 + timedelta(hours=1), 100)])
+        await seen(handle, engine, "x2")
+        await skip(rig, timedelta(hours=2, minutes=1), handle)
+        await wait_for(lambda: {r.status for r in rows(engine, cid)} == {"sent", "suppressed"},
+                       what="the reactions delivered")
+        done = {r.occurrence: (r.status, r.reason) for r in rows(engine, cid)}
+        assert done == {"x1": ("suppressed", "cancelled_by_event"), "x2": ("sent", None)}
+        # later purchases: once means once
+        await skip(rig, timedelta(days=1), handle)
+        add_events(engine, program, [purchase("x3", m1, t0 + timedelta(days=1, hours=3), 100)])
+        await seen(handle, engine, "x3")
+        await skip(rig, timedelta(hours=2, minutes=1), handle)
+        await wait_for(lambda: all(r.status != "planned" for r in rows(engine, cid)), what="x3 handled")
+        assert rig.sent_to() == [email(1)]
+        await stop(rig, handle)
+
+
 async def test_reactions_the_budget_missed_go_out_when_it_is_raised(workers, engine: Engine) -> None:
     program, (m1, m2, m3) = bulk_members(engine, 3)
     set_program_settings(engine, program, {"unit_costs": {"email": "0.10"}})
