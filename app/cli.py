@@ -19,9 +19,8 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlmodel import Session
 
-from app.errors import ClarionError, as_clarion_error
+from app.errors import ClarionError, TemporalUnavailable, as_clarion_error
 from app.settings import Settings
-from app.temporal import TemporalUnavailable
 from campaigns.spec import SpecError
 from members.service import ProgramNotFound
 from storage.tables import Role

@@ -9,13 +9,17 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from typing import TYPE_CHECKING
 
 from campaigns.spec import SpecError
-from app.temporal import TemporalUnavailable
 from members.service import ProgramNotFound
+
+if TYPE_CHECKING:  # the CLI imports this module too: FastAPI only when an app is built
+    from fastapi import FastAPI
+
+
+class TemporalUnavailable(RuntimeError):
+    """Temporal cannot be reached (raised by app.temporal; mapped to 503 here)."""
 
 
 class ClarionError(Exception):
@@ -69,6 +73,10 @@ def _body(err: ClarionError) -> dict:
 
 
 def install(app: FastAPI) -> None:
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
     async def clarion_handler(_: Request, exc: Exception) -> JSONResponse:
         err = as_clarion_error(exc)
         return JSONResponse(_body(err), status_code=err.status_code)

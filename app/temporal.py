@@ -9,11 +9,10 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from app.errors import TemporalUnavailable
 from app.settings import Settings
 
-
-class TemporalUnavailable(RuntimeError):
-    pass
+__all__ = ["TemporalUnavailable", "connect", "start_dev_server", "temporal_cli"]
 
 
 async def connect(settings: Settings) -> Client:
