@@ -13,6 +13,7 @@ points-expiring campaigns: it matches the date rule, then delivers what is due.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -117,34 +118,37 @@ class TriggeredCampaign:
             # what the round has seen: a signal arriving while its activities run must still wake the idle wait
             marks = (self._wakes, self._budget_changes, self._paused, self._end_at)
 
-            match: MatchResult = await workflow.execute_activity(
+            # matching new events and sending what is due run side by side: a round costs the longer of the
+            # two, not their sum (what this round matches is sent by the next one, which follows at once)
+            matching = workflow.execute_activity(
                 "match_events", MatchEvents(campaign_id=inp.campaign_id, after=self._cursor,
                                             now=workflow.now().isoformat(), limit=inp.batch_size * 2),
                 result_type=MatchResult, start_to_close_timeout=retry.DB_QUICK_TIMEOUT,
                 retry_policy=retry.DB_QUICK,
             )
-            self._cursor, self._matched = match.cursor, self._matched + match.matched
-
             more_due = False
             if exhausted_at != self._budget_changes or exhausted_at < 0:
                 if exhausted_at >= 0:  # the budget was changed: try again
                     exhausted_at = -1
                     self._state = RunState.running
                     await _set_status(inp.campaign_id, "running")
-                due = await _deliver_due(inp.campaign_id, inp.batch_size)
+                match, due = await asyncio.gather(matching, _deliver_due(inp.campaign_id, inp.batch_size))
                 self._counts = self._counts + due.counts
                 self._next_due, more_due = due.next_due, due.more
                 if due.budget_exhausted:  # a budget raised while this round ran is tried next round
                     exhausted_at = marks[1]
                     self._state = RunState.budget_exhausted
                     await _set_status(inp.campaign_id, "budget_exhausted")
+            else:
+                match = await matching
+            self._cursor, self._matched = match.cursor, self._matched + match.matched
             self._rounds += 1
 
             if self._should_continue_as_new(inp):
                 workflow.continue_as_new(replace(
                     inp, cursor=self._cursor, counts=self._counts, matched=self._matched, paused=self._paused,
                     end_at=self._end_at.isoformat() if self._end_at else None))
-            if match.more or more_due:
+            if match.more or more_due or (match.matched and exhausted_at < 0):
                 continue
             await self._idle(inp, exhausted_at, marks)
 

@@ -103,9 +103,16 @@ class BatchOut(BaseModel):
     errors: list[BatchError]
 
 
+_program_ids: dict[tuple[str, str], int] = {}
+
+
 def _program_id(engine: Any, key: str) -> int:
-    with Session(engine) as s:
-        return get_program(s, key).id or 0
+    """Programs are never renamed or deleted: their ids are looked up once per process."""
+    found = _program_ids.get((str(engine.url), key))
+    if found is None:
+        with Session(engine) as s:
+            found = _program_ids[(str(engine.url), key)] = get_program(s, key).id or 0
+    return found
 
 
 @router.post("", status_code=202, response_model=EventAccepted, dependencies=[Depends(require(Role.core))],
