@@ -46,7 +46,8 @@ def report_csv(report: CampaignReport) -> str:
 
 
 async def follow(view: service.CampaignView, *, engine, client, console: Console) -> service.CampaignView:
-    """A progress bar with sent/suppressed counts until the campaign finishes."""
+    """A progress bar with sent/suppressed counts until the campaign finishes, or until only waiting is left
+    (send windows, an exhausted budget). Triggered and scheduled campaigns never finish: shown once."""
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("sent {task.fields[sent]}  suppressed {task.fields[suppressed]}  "
                           "failed {task.fields[failed]}  in doubt {task.fields[in_doubt]}"),
@@ -55,10 +56,14 @@ async def follow(view: service.CampaignView, *, engine, client, console: Console
         task = bar.add_task(view.key, total=view.total, sent=0, suppressed=0, failed=0, in_doubt=0)
         while True:
             c = view.counts
-            done = c.sent + c.suppressed + c.failed + c.in_doubt + c.already_done
+            done = c.sent + c.suppressed + c.failed + c.in_doubt + c.already_done + c.held_out
             bar.update(task, total=view.total, completed=done, sent=c.sent, suppressed=c.suppressed,
                        failed=c.failed, in_doubt=c.in_doubt, description=f"{view.key} ({view.status})")
-            if service.is_finished(view) or not view.live:
+            only_waiting = bool(view.pending) and view.total is not None and \
+                done + sum(view.pending.values()) >= view.total
+            if service.is_finished(view) or not view.live or view.schedule is not None \
+                    or view.workflow_id.startswith("triggered/") or view.status == "budget_exhausted" \
+                    or only_waiting:
                 return view
             await asyncio.sleep(0.3)
             view = await service.status_of(engine=engine, client=client, program=view.program, key=view.key)
