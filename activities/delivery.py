@@ -469,6 +469,7 @@ class DeliveryActivities:
                           .values(status=DeliveryStatus.suppressed, reason=reason, updated_at=utcnow()))
                 tally.add(DeliveryStatus.suppressed, reason, len(repeated))
                 cancelled |= repeated
+            events = self._trigger_events(s, ctx, [r.occurrence for r in rows if r.delivery_id not in cancelled])
             targets: list[_Target] = []
             waiting: dict[datetime | None, list[int]] = {}
             for r in rows:
@@ -478,7 +479,10 @@ class DeliveryActivities:
                 if opens != now:
                     waiting.setdefault(opens, []).append(r.delivery_id)
                     continue
-                targets.append(self._target(ctx, r.step, r.delivery_id, r, self._locale_for(ctx, r.step, r.locale)))
+                target = self._target(ctx, r.step, r.delivery_id, r, self._locale_for(ctx, r.step, r.locale))
+                if r.occurrence in events:  # the reaction's event: templates may say what was bought
+                    target.context["event"] = events[r.occurrence]
+                targets.append(target)
             self._wait_for_windows(s, waiting, tally)
             next_due = s.scalar(select(func.min(Delivery.due_at)).where(*base, Delivery.due_at > now))  # type: ignore[operator]
         if next_due is not None and next_due.tzinfo is None:
@@ -495,6 +499,16 @@ class DeliveryActivities:
                 continue
             self._defer_rows(s, ids, Deferral.outside_window, due_at=opens)
             tally.add(DeliveryStatus.planned, Deferral.outside_window, len(ids))
+
+    def _trigger_events(self, s: Session, ctx: _CampaignCtx, occurrences: list[str]) -> dict[str, dict[str, Any]]:
+        """The events that triggered these reactions (occurrence = the event's id), for the templates."""
+        if ctx.spec.trigger is None or ctx.spec.trigger.event is None or not occurrences:
+            return {}
+        return {sid: {"id": sid, "type": typ, "occurred_at": at.isoformat(), **(payload or {})}
+                for sid, typ, at, payload in s.execute(
+                    select(Event.source_event_id, Event.type, Event.occurred_at, Event.payload).where(
+                        Event.program_id == ctx.program_id,
+                        Event.source_event_id.in_(occurrences)))}  # type: ignore[attr-defined]
 
     def _already_reacted(self, s: Session, ctx: _CampaignCtx, rows: Sequence[Any], now: datetime) -> set[int]:
         """Once-per-member and cooldown, checked again when a reaction is due: with cancel-if, several

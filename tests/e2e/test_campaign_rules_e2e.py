@@ -98,6 +98,8 @@ def test_triggered_thank_you_follows_a_purchase_posted_by_the_loyalty_core(stack
     assert status["status"] == "running"
     time.sleep(2.5)  # a couple more polls: still one message, none for the small purchase
     assert _mailed(stack, "T") == ["t1@e2e.example"]
+    [mail] = [m for m in _maildir(stack["var"]) if str(m["To"]) == "t1@e2e.example"]
+    assert "your purchase of 1500 EUR" in mail.get_body(("plain",)).get_content()  # the event, in the message
     assert _status(stack, "thanks")["counts"]["sent"] == 1
 
 
