@@ -95,12 +95,12 @@ REACHED = (DeliveryStatus.sending, DeliveryStatus.sent, DeliveryStatus.delivered
 NO_WINDOW = "no_window"    # the send window and quiet hours never overlap for the member's time zone
 
 
-def _now(text: str | None) -> datetime:
+def parse_now(text: str | None) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC) if text else utcnow()
 
 
 @dataclass(frozen=True)
-class _CampaignCtx:
+class CampaignContext:
     id: int
     key: str
     program_id: int
@@ -182,7 +182,7 @@ class DeliveryActivities:
         self._mailto = unsubscribe_mailto
         self._chunk = chunk_size
         self._final_attempt = final_attempt
-        self._campaigns: dict[int, _CampaignCtx] = {}
+        self._campaigns: dict[int, CampaignContext] = {}
         self._pg = engine.dialect.name == "postgresql"
 
     async def aclose(self) -> None:
@@ -193,18 +193,18 @@ class DeliveryActivities:
     @activity.defn(name="count_audience")
     async def count_audience(self, ref: CampaignRef) -> AudienceCount:
         def run() -> int:
-            ctx = self._campaign(ref.campaign_id)
+            ctx = self.campaign(ref.campaign_id)
             with Session(self._engine) as s:
                 return s.scalar(select(func.count()).select_from(Member).where(
-                    self._recipients(ctx, ref.step, ref.occurrence, _now(ref.now)))) or 0
+                    self._recipients(ctx, ref.step, ref.occurrence, parse_now(ref.now)))) or 0
         return AudienceCount(total=await asyncio.to_thread(run))
 
     @activity.defn(name="plan_pages")
     async def plan_pages(self, inp: PlanPages) -> PagePlan:
         def run() -> list[int]:
-            ctx = self._campaign(inp.campaign_id)
+            ctx = self.campaign(inp.campaign_id)
             where = (self._pending(ctx, inp.step, inp.occurrence) if inp.pending_only
-                     else self._recipients(ctx, inp.step, inp.occurrence, _now(inp.now)))
+                     else self._recipients(ctx, inp.step, inp.occurrence, parse_now(inp.now)))
             with Session(self._engine) as s:
                 return list(s.scalars(
                     select(Member.id).where(where, Member.id > inp.after)  # type: ignore[operator]
@@ -266,8 +266,8 @@ class DeliveryActivities:
 
     @activity.defn(name="deliver_batch")
     async def deliver_batch(self, inp: DeliverBatch) -> BatchResult:
-        now = _now(inp.now)
-        ctx = await asyncio.to_thread(self._campaign, inp.campaign_id)
+        now = parse_now(inp.now)
+        ctx = await asyncio.to_thread(self.campaign, inp.campaign_id)
         tally = _Tally()
         counts, targets = await asyncio.to_thread(self._prepare, ctx, inp, now, tally)
         await self._process(ctx, targets, now, tally, progress=lambda done: self._after_chunk(inp, done))
@@ -277,15 +277,15 @@ class DeliveryActivities:
     @activity.defn(name="deliver_due")
     async def deliver_due(self, inp: DeliverDue) -> DueResult:
         """Planned deliveries of a triggered campaign whose due time has come (oldest first)."""
-        now = _now(inp.now)
-        ctx = await asyncio.to_thread(self._campaign, inp.campaign_id)
+        now = parse_now(inp.now)
+        ctx = await asyncio.to_thread(self.campaign, inp.campaign_id)
         tally = _Tally()
         targets, more, next_due = await asyncio.to_thread(self._prepare_due, ctx, inp, now, tally)
         await self._process(ctx, targets, now, tally, progress=lambda done: None)
         return DueResult(counts=tally.counts(), more=more and not tally.exhausted,
                          next_due=next_due.isoformat() if next_due else None, budget_exhausted=tally.exhausted)
 
-    async def _process(self, ctx: _CampaignCtx, targets: list[_Target], now: datetime, tally: _Tally,
+    async def _process(self, ctx: CampaignContext, targets: list[_Target], now: datetime, tally: _Tally,
                        progress: Any) -> None:
         transient: list[_Outcome] = []
         retry_after: float | None = None
@@ -335,7 +335,7 @@ class DeliveryActivities:
 
     # --- who -----------------------------------------------------------------------------------
 
-    def _recipients(self, ctx: _CampaignCtx, step: str, occurrence: str, now: datetime) -> ColumnElement[bool]:
+    def _recipients(self, ctx: CampaignContext, step: str, occurrence: str, now: datetime) -> ColumnElement[bool]:
         """The members a step goes to: the audience for the main step, responders for a follow-up."""
         if step == "main":
             return audience_clause(ctx.program_id, ctx.spec.audience, now=now)
@@ -346,14 +346,14 @@ class DeliveryActivities:
         steps = ctx.spec.steps
         return followup_clause(ctx.id, follow_up, occurrence=occurrence, previous_step=steps[steps.index(step) - 1])
 
-    def _pending(self, ctx: _CampaignCtx, step: str, occurrence: str) -> ColumnElement[bool]:
+    def _pending(self, ctx: CampaignContext, step: str, occurrence: str) -> ColumnElement[bool]:
         return Member.id.in_(select(Delivery.member_id).where(  # type: ignore[union-attr]
             Delivery.campaign_id == ctx.id, Delivery.step == step, Delivery.occurrence == occurrence,
             Delivery.status == DeliveryStatus.planned))
 
     # --- steps ------------------------------------------------------------------------------
 
-    def _campaign(self, campaign_id: int) -> _CampaignCtx:
+    def campaign(self, campaign_id: int) -> CampaignContext:
         found = self._campaigns.get(campaign_id)
         if found is not None:
             return found
@@ -370,7 +370,7 @@ class DeliveryActivities:
             caps = [*spec.caps]
             if spec.topic != SERVICE_TOPIC:
                 caps += [c for c in rules.caps if c.scope == CapScope.program]
-            ctx = _CampaignCtx(
+            ctx = CampaignContext(
                 id=campaign_id, key=row.key, program_id=row.program_id, spec=spec,
                 program={"key": program.key, "name": program.name, "currency": program.currency},
                 program_locale=program.default_locale, program_tz=program.time_zone, channel=channel,
@@ -380,7 +380,7 @@ class DeliveryActivities:
         self._campaigns[campaign_id] = ctx
         return ctx
 
-    def _prepare(self, ctx: _CampaignCtx, inp: DeliverBatch, now: datetime,
+    def _prepare(self, ctx: CampaignContext, inp: DeliverBatch, now: datetime,
                  tally: _Tally) -> tuple[Counter[str], list[_Target]]:
         counts: Counter[str] = Counter()
         key = (Delivery.campaign_id == ctx.id, Delivery.step == inp.step, Delivery.occurrence == inp.occurrence,
@@ -405,12 +405,12 @@ class DeliveryActivities:
                 select(Delivery.id, Delivery.member_id, Delivery.status).where(*key))}
             states = ledger.states_for(session=s, member_ids=[m.id for m in members if m.id not in existing],
                                        channel=ctx.channel)
-            locales = {m.id: self._locale_for(ctx, inp.step, m.locale) for m in members}
+            locales = {m.id: self.locale_for(ctx, inp.step, m.locale) for m in members}
             new_rows: list[dict[str, Any]] = []
             for m in members:
                 if m.id in existing:
                     continue
-                status, reason = self._first_decision(ctx, m, states.get(m.id, {}))
+                status, reason = self.first_decision(ctx, m, states.get(m.id, {}))
                 new_rows.append({
                     "campaign_id": ctx.id, "member_id": m.id, "step": inp.step, "occurrence": inp.occurrence,
                     "status": status, "reason": reason, "channel": ctx.channel,
@@ -442,7 +442,7 @@ class DeliveryActivities:
             self._wait_for_windows(s, waiting, tally)
         return counts, targets
 
-    def _prepare_due(self, ctx: _CampaignCtx, inp: DeliverDue, now: datetime,
+    def _prepare_due(self, ctx: CampaignContext, inp: DeliverDue, now: datetime,
                      tally: _Tally) -> tuple[list[_Target], bool, datetime | None]:
         # rows the budget missed are included: the workflow only asks again once the budget was changed
         due = (Delivery.due_at.is_(None)) | (Delivery.due_at <= now)  # type: ignore[union-attr,operator]
@@ -479,7 +479,7 @@ class DeliveryActivities:
                 if opens != now:
                     waiting.setdefault(opens, []).append(r.delivery_id)
                     continue
-                target = self._target(ctx, r.step, r.delivery_id, r, self._locale_for(ctx, r.step, r.locale))
+                target = self._target(ctx, r.step, r.delivery_id, r, self.locale_for(ctx, r.step, r.locale))
                 if r.occurrence in events:  # the reaction's event: templates may say what was bought
                     target.context["event"] = events[r.occurrence]
                 targets.append(target)
@@ -500,7 +500,7 @@ class DeliveryActivities:
             self._defer_rows(s, ids, Deferral.outside_window, due_at=opens)
             tally.add(DeliveryStatus.planned, Deferral.outside_window, len(ids))
 
-    def _trigger_events(self, s: Session, ctx: _CampaignCtx, occurrences: list[str]) -> dict[str, dict[str, Any]]:
+    def _trigger_events(self, s: Session, ctx: CampaignContext, occurrences: list[str]) -> dict[str, dict[str, Any]]:
         """The events that triggered these reactions (occurrence = the event's id), for the templates."""
         if ctx.spec.trigger is None or ctx.spec.trigger.event is None or not occurrences:
             return {}
@@ -510,7 +510,7 @@ class DeliveryActivities:
                         Event.program_id == ctx.program_id,
                         Event.source_event_id.in_(occurrences)))}  # type: ignore[attr-defined]
 
-    def _already_reacted(self, s: Session, ctx: _CampaignCtx, rows: Sequence[Any], now: datetime) -> set[int]:
+    def _already_reacted(self, s: Session, ctx: CampaignContext, rows: Sequence[Any], now: datetime) -> set[int]:
         """Once-per-member and cooldown, checked again when a reaction is due: with cancel-if, several
         reactions of a member may wait at once (a newer one may cancel an older one); the first that is
         actually sent uses up "once" (or starts the cooldown), and the others are suppressed."""
@@ -531,7 +531,7 @@ class DeliveryActivities:
             taken.add(r.id)
         return repeated
 
-    def _cancelled_by_event(self, s: Session, ctx: _CampaignCtx, rows: Sequence[Any]) -> set[int]:
+    def _cancelled_by_event(self, s: Session, ctx: CampaignContext, rows: Sequence[Any]) -> set[int]:
         """Pending reactions whose member had a newer event of the cancel-if type (e.g. bought again)."""
         trigger = ctx.spec.trigger
         if trigger is None or trigger.cancel_if is None or not rows:
@@ -550,7 +550,7 @@ class DeliveryActivities:
                 *event_conditions(later.c.payload, trigger.cancel_if.where)).exists()))
         return {by_occurrence[occ] for occ, in found}
 
-    def _first_decision(self, ctx: _CampaignCtx, m: Any, states: dict[str, str]) -> tuple[str, str | None]:
+    def first_decision(self, ctx: CampaignContext, m: Any, states: dict[str, str]) -> tuple[str, str | None]:
         if ctx.spec.holdout and held_out(ctx.key, m.id, ctx.spec.holdout):
             return DeliveryStatus.held_out, CONTROL
         decision = decide(states, topic=ctx.spec.topic)
@@ -560,13 +560,13 @@ class DeliveryActivities:
             return DeliveryStatus.planned, None
         return DeliveryStatus.suppressed, decision.reason
 
-    def _window_opens(self, ctx: _CampaignCtx, tz: str | None, now: datetime) -> datetime | None:
+    def _window_opens(self, ctx: CampaignContext, tz: str | None, now: datetime) -> datetime | None:
         """``now`` when the member may be sent now, else when their window opens (None: never)."""
         if ctx.window is None and ctx.quiet is None:
             return now
         return schedule.next_allowed(now, tz or ctx.program_tz, ctx.window, ctx.quiet)
 
-    def _target(self, ctx: _CampaignCtx, step: str, delivery_id: int, m: Any, locale: str) -> _Target:
+    def _target(self, ctx: CampaignContext, step: str, delivery_id: int, m: Any, locale: str) -> _Target:
         return _Target(
             delivery_id=delivery_id, member_id=m.id, email=m.email or "", locale=locale, step=step,
             context={"member": {**(m.attributes or {}), "first_name": m.first_name,
@@ -583,7 +583,7 @@ class DeliveryActivities:
                                              Delivery.status == DeliveryStatus.planned)
                       .values(reason=reason, due_at=due_at, updated_at=utcnow()))
 
-    def _claim(self, ctx: _CampaignCtx, items: Sequence[tuple[_Target, OutboundMessage, Decimal]],
+    def _claim(self, ctx: CampaignContext, items: Sequence[tuple[_Target, OutboundMessage, Decimal]],
                now: datetime, tally: _Tally) -> list[tuple[_Target, OutboundMessage, Decimal]]:
         """One transaction, the campaign row locked: consent re-checked, caps counted, budget reserved;
         the allowed rows become `sending` (committed)."""
@@ -645,7 +645,7 @@ class DeliveryActivities:
                               .values(budget_spent=Campaign.budget_spent - lost))
         return [item for item in allowed if item[0].delivery_id in claimed]
 
-    def _capped(self, s: Session, ctx: _CampaignCtx, member_ids: list[int], now: datetime) -> set[int]:
+    def _capped(self, s: Session, ctx: CampaignContext, member_ids: list[int], now: datetime) -> set[int]:
         """Members at a frequency cap, counted from the deliveries ledger (sending, sent, in doubt)."""
         capped: set[int] = set()
         for cap in ctx.caps:
@@ -679,7 +679,7 @@ class DeliveryActivities:
         return _Outcome(t.delivery_id, t.member_id, DeliveryStatus.sent,
                         provider_message_id=receipt.provider_message_id, cost=cost)
 
-    def _message(self, ctx: _CampaignCtx, t: _Target) -> OutboundMessage:
+    def _message(self, ctx: CampaignContext, t: _Target) -> OutboundMessage:
         token = self._signer.sign(UNSUBSCRIBE, {"d": t.delivery_id}, ttl_s=UNSUBSCRIBE_TTL_S)
         url = f"{self._base_url}/u/{token}"
         rendered = self._renderer.render_email(
@@ -700,11 +700,11 @@ class DeliveryActivities:
     def _email_domain(self) -> str:
         return self._mailto.rsplit("@", 1)[-1]
 
-    def _locale_for(self, ctx: _CampaignCtx, step: str, member_locale: str | None) -> str:
+    def locale_for(self, ctx: CampaignContext, step: str, member_locale: str | None) -> str:
         return self._renderer.resolve_locale(ctx.spec.template_for(step), member_locale,
                                              ctx.spec.locale_default or ctx.program_locale)
 
-    def _record(self, ctx: _CampaignCtx, outcomes: Sequence[_Outcome]) -> None:
+    def _record(self, ctx: CampaignContext, outcomes: Sequence[_Outcome]) -> None:
         """Outcomes of a chunk in one transaction (executemany); transient ones go back to `planned`.
         The cost reserved for a message that was not sent (failed, deferred) is given back."""
         table = Delivery.__table__

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio import activity
 
-from activities.delivery import DeliveryActivities, _CampaignCtx, _now
+from activities.delivery import CampaignContext, DeliveryActivities, parse_now
 from campaigns import schedule
 from campaigns.audience import audience_clause
 from campaigns.spec import TimeTrigger
@@ -58,10 +58,10 @@ class TriggerActivities:
     # --- events ------------------------------------------------------------------------------
 
     def _match_events(self, inp: MatchEvents) -> MatchResult:
-        ctx = self._delivery._campaign(inp.campaign_id)
+        ctx = self._delivery.campaign(inp.campaign_id)
         trigger = ctx.spec.trigger
         assert trigger is not None and trigger.event is not None
-        now = _now(inp.now)
+        now = parse_now(inp.now)
         settled = utcnow() - (COMMIT_GRACE if self._engine.dialect.name != "sqlite" else timedelta(0))
         with session_scope(self._engine) as s:
             examined = list(s.execute(
@@ -91,10 +91,10 @@ class TriggerActivities:
     # --- date rules --------------------------------------------------------------------------
 
     def _match_scheduled(self, inp: MatchEvents) -> MatchResult:
-        ctx = self._delivery._campaign(inp.campaign_id)
+        ctx = self._delivery.campaign(inp.campaign_id)
         trigger = ctx.spec.trigger
         assert trigger is not None and trigger.on is not None
-        now = _now(inp.now)
+        now = parse_now(inp.now)
         zone = func.coalesce(Member.time_zone, ctx.program_tz)
         with session_scope(self._engine) as s:
             audience = audience_clause(ctx.program_id, ctx.spec.audience, now=now)
@@ -135,7 +135,7 @@ class TriggerActivities:
 
     # --- rows --------------------------------------------------------------------------------
 
-    def _create(self, s: Session, ctx: _CampaignCtx, candidates: Sequence[tuple[str, int, datetime | None]],
+    def _create(self, s: Session, ctx: CampaignContext, candidates: Sequence[tuple[str, int, datetime | None]],
                 now: datetime) -> int:
         """Delivery rows for (occurrence, member, due_at), honouring once-per-member and cooldown."""
         trigger = ctx.spec.trigger
@@ -173,10 +173,10 @@ class TriggerActivities:
                                       (trigger.cooldown is not None and now - latest[mid] < trigger.cooldown)):
                     continue
                 taken.add(mid)
-            status, reason = self._delivery._first_decision(ctx, members[mid], states.get(mid, {}))
+            status, reason = self._delivery.first_decision(ctx, members[mid], states.get(mid, {}))
             rows.append({"campaign_id": ctx.id, "member_id": mid, "step": "main", "occurrence": occurrence,
                          "status": status, "reason": reason, "channel": ctx.channel,
-                         "locale": self._delivery._locale_for(ctx, "main", members[mid].locale),
+                         "locale": self._delivery.locale_for(ctx, "main", members[mid].locale),
                          "due_at": due, "created_at": now, "updated_at": utcnow()})
         if not rows:
             return 0
