@@ -183,15 +183,12 @@ def programs_settings(key: str, file: Annotated[Path | None, typer.Argument(
     channel, program-wide frequency caps)."""
     import yaml
 
+    from campaigns.spec import read_yaml
     from members.service import get_program, set_program_settings
 
     engine = _engine()
     if file is not None:
-        try:
-            data = yaml.safe_load(file.read_text("utf-8"))
-        except yaml.YAMLError as exc:
-            raise SpecError([("YAML", f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
-        set_program_settings(engine=engine, key=key, data=data)
+        set_program_settings(engine=engine, key=key, data=read_yaml(file.read_text("utf-8")))
     with Session(engine) as s:
         stored = get_program(s, key).settings
     out.print(yaml.safe_dump(stored or {}, allow_unicode=True, sort_keys=False).strip() or "{} (defaults)")

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -25,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.settings import Settings
 from campaigns.audience import audience_clause
 from campaigns.segments import FIELDS, KIND_OPS, Audience, problems
+from campaigns.spec import SpecError, read_yaml
 from storage.db import make_engine
 from storage.tables import Member, Program
 
@@ -106,11 +106,9 @@ def fields() -> None:
 def load_segment(text: str, *, program: str | None = None) -> tuple[str, Audience]:
     """(program key, audience) from the YAML text of a spec, a segment file or bare rules."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
-        raise BadInput([(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+        data = read_yaml(text)
+    except SpecError as exc:
+        raise BadInput(exc.problems) from None
     if not isinstance(data, dict):
         raise BadInput([("", "the file must be a mapping: a campaign spec, program + audience, or rules")])
     raw, prefix, strip = _audience_part(data)

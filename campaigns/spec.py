@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from campaigns.rules import Duration, FrequencyCap, SendWindow
-from campaigns.segments import Audience
+from campaigns.segments import Audience, Op
 from storage.tables import ChannelName
 
 KEY = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
@@ -28,28 +28,12 @@ class SpecError(ValueError):
 Scalar = str | int | float | bool
 
 
-class EventType(StrEnum):
-    purchase = "purchase"
-    registration = "registration"
-    card_activated = "card_activated"
-    tier_changed = "tier_changed"
-    points_expiring = "points_expiring"
-
-
 EVENT_TYPE = r"^(purchase|registration|card_activated|tier_changed|points_expiring|custom:[a-z0-9_\-.]{1,56})$"
 PAYLOAD_PATH = r"^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,3}$"
 
 
-class EventOp(StrEnum):
-    eq = "eq"
-    ne = "ne"
-    in_ = "in"
-    not_in = "not_in"
-    gt = "gt"
-    gte = "gte"
-    lt = "lt"
-    lte = "lte"
-    exists = "exists"
+# payload conditions take the segment operators that make sense for one value
+EVENT_OPS = (Op.eq, Op.ne, Op.in_, Op.not_in, Op.gt, Op.gte, Op.lt, Op.lte, Op.exists)
 
 
 class EventCondition(BaseModel):
@@ -58,20 +42,23 @@ class EventCondition(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     field: Annotated[str, Field(pattern=PAYLOAD_PATH, description="a payload key, dotted for nested keys")]
-    op: EventOp = EventOp.eq
+    op: Op = Op.eq
     value: Scalar | list[Scalar] = True
 
     @model_validator(mode="after")
     def _value_fits_op(self) -> EventCondition:
+        if self.op not in EVENT_OPS:
+            raise ValueError(f"op {self.op.value!r} is not for event payloads: use "
+                             f"{', '.join(o.value for o in EVENT_OPS)}")
         is_list = isinstance(self.value, list)
-        if self.op in (EventOp.in_, EventOp.not_in) and not is_list:
+        if self.op in (Op.in_, Op.not_in) and not is_list:
             raise ValueError(f"op {self.op.value!r} needs a list value")
-        if self.op not in (EventOp.in_, EventOp.not_in) and is_list:
+        if self.op not in (Op.in_, Op.not_in) and is_list:
             raise ValueError(f"op {self.op.value!r} needs a single value, not a list")
-        if self.op in (EventOp.gt, EventOp.gte, EventOp.lt, EventOp.lte) and (
+        if self.op in (Op.gt, Op.gte, Op.lt, Op.lte) and (
                 isinstance(self.value, bool) or not isinstance(self.value, int | float)):
             raise ValueError(f"op {self.op.value!r} needs a number")
-        if self.op is EventOp.exists and not isinstance(self.value, bool):
+        if self.op is Op.exists and not isinstance(self.value, bool):
             raise ValueError("op 'exists' takes true or false")
         return self
 
@@ -274,11 +261,15 @@ def parse_spec(data: Any) -> CampaignSpec:
         raise SpecError(list(problems.items())) from None
 
 
-def load_spec(text: str) -> CampaignSpec:
+def read_yaml(text: str) -> Any:
+    """YAML text → data; a syntax error becomes a SpecError naming the line and column."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
         raise SpecError([(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
-    return parse_spec(data)
+
+
+def load_spec(text: str) -> CampaignSpec:
+    return parse_spec(read_yaml(text))

@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_
 
-from campaigns.spec import EventCondition, EventOp
+from campaigns.segments import Op
+from campaigns.spec import EventCondition
 
 
 def _path(cond: EventCondition) -> Any:
@@ -27,31 +28,31 @@ def _typed(element: Any, value: Any) -> Any:
 def event_condition(payload: Any, cond: EventCondition) -> ColumnElement[bool]:
     """One condition over a JSON payload column; numbers compare as numbers, text as text."""
     element = payload[_path(cond)]
-    if cond.op is EventOp.exists:
+    if cond.op is Op.exists:
         present = element.as_string().is_not(None) | element.as_float().is_not(None)
         return present if cond.value else ~present
     if isinstance(cond.value, list):
         values = cond.value
         col = _typed(element, values[0]) if values else element.as_string()
         typed = [float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in values]
-        if cond.op is EventOp.in_:
+        if cond.op is Op.in_:
             return col.in_(typed)
         return or_(col.not_in(typed), col.is_(None))
     col = _typed(element, cond.value)
     value = float(cond.value) if isinstance(cond.value, int | float) and not isinstance(cond.value, bool) \
         else cond.value
     match cond.op:
-        case EventOp.eq:
+        case Op.eq:
             return col == value
-        case EventOp.ne:
+        case Op.ne:
             return or_(col != value, col.is_(None))
-        case EventOp.gt:
+        case Op.gt:
             return col > value
-        case EventOp.gte:
+        case Op.gte:
             return col >= value
-        case EventOp.lt:
+        case Op.lt:
             return col < value
-        case EventOp.lte:
+        case Op.lte:
             return col <= value
     raise ValueError(f"unsupported op {cond.op}")  # pragma: no cover - the spec validates ops
 

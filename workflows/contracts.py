@@ -58,10 +58,6 @@ class Counts:
             cost=str(Decimal(self.cost) + Decimal(other.cost)), reasons=reasons,
         )
 
-    def astuple(self) -> tuple[int, ...]:
-        return (self.audience, self.sent, self.suppressed, self.failed, self.in_doubt, self.already_done,
-                self.held_out)
-
 
 @dataclass(frozen=True)
 class StepPlan:

@@ -11,20 +11,10 @@ from hypothesis import strategies as st
 
 from campaigns.rules import ProgramRules, daily_window, parse_duration, program_rules, quiet_hours_for
 from campaigns.schedule import DEFAULT_QUIET_HOURS, parse_hhmm
-from campaigns.spec import SpecError, load_spec, parse_spec
+from campaigns.spec import load_spec, parse_spec
+from tests.unit.test_campaign_spec import base, problems_of
 
 
-def base(**changes) -> dict:
-    spec = {"key": "dp", "name": "Double points", "program": "acme", "topic": "promotions",
-            "channels": ["email"], "audience": {"all": True}, "template": "double_points"}
-    spec.update(changes)
-    return spec
-
-
-def problems(data) -> list[tuple[str, str]]:
-    with pytest.raises(SpecError) as info:
-        parse_spec(data)
-    return info.value.problems
 
 
 FULL = """\
@@ -75,17 +65,17 @@ def test_a_spec_with_every_broadcast_rule_parses():
     ({"end_at": "2026-12-01T10:00:00"}, "end_at"),
 ])
 def test_a_bad_rule_is_reported_at_its_path(change, path):
-    assert [p for p, _ in problems(base(**change))] == [path]
+    assert [p for p, _ in problems_of(base(**change))] == [path]
 
 
 def test_an_end_before_the_start_is_refused():
-    [(path, message)] = problems(base(start_at="2026-12-02T10:00:00+03:00", end_at="2026-12-01T10:00:00+03:00"))
+    [(path, message)] = problems_of(base(start_at="2026-12-02T10:00:00+03:00", end_at="2026-12-01T10:00:00+03:00"))
     assert "end_at must be after start_at" in message
 
 
 def test_a_triggered_campaign_needs_a_trigger_and_a_broadcast_none():
-    assert "needs a trigger" in problems(base(kind="triggered"))[0][1]
-    assert "kind: triggered" in problems(base(trigger={"event": "purchase"}))[0][1]
+    assert "needs a trigger" in problems_of(base(kind="triggered"))[0][1]
+    assert "kind: triggered" in problems_of(base(trigger={"event": "purchase"}))[0][1]
 
 
 def test_a_trigger_on_an_event_with_conditions_delay_and_cancel_if_parses():
@@ -106,7 +96,7 @@ def test_a_trigger_on_an_event_with_conditions_delay_and_cancel_if_parses():
     ({"on": "inactivity"}, "trigger"),
 ])
 def test_a_bad_trigger_is_reported_at_its_path(trigger, path):
-    assert [p for p, _ in problems(base(kind="triggered", trigger=trigger))] == [path]
+    assert [p for p, _ in problems_of(base(kind="triggered", trigger=trigger))] == [path]
 
 
 def test_date_rule_triggers_parse():
