@@ -21,6 +21,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from workflows import retry
+    from workflows.controls import CampaignControls
     from workflows.contracts import (
         AudienceCount,
         BatchResult,
@@ -40,14 +41,11 @@ with workflow.unsafe.imports_passed_through():
 
 
 @workflow.defn
-class BroadcastCampaign:
+class BroadcastCampaign(CampaignControls):
     def __init__(self) -> None:
+        super().__init__()
         self._state = RunState.waiting
-        self._paused = False
-        self._cancelled = False
-        self._budget_changes = 0
         self._exhausted_at: int | None = None  # the budget-change count a batch last ran out of budget under
-        self._end_at: datetime | None = None
         self._counts = Counts()
         self._total: int | None = None
         self._cursor = 0
@@ -55,29 +53,6 @@ class BroadcastCampaign:
         self._step = "main"
         self._pending: dict[str, int] = {}
         self._next_open: str | None = None
-
-    # --- controls --------------------------------------------------------------------------
-
-    @workflow.signal
-    def pause(self) -> None:
-        self._paused = True
-
-    @workflow.signal
-    def resume(self) -> None:
-        self._paused = False
-
-    @workflow.signal
-    def cancel(self) -> None:
-        self._cancelled = True
-
-    @workflow.signal
-    def budget_changed(self) -> None:
-        """The budget limit was changed in the database: try the members it did not reach again."""
-        self._budget_changes += 1
-
-    @workflow.signal
-    def set_end(self, end_at: str | None) -> None:
-        self._end_at = datetime.fromisoformat(end_at) if end_at else None
 
     @workflow.query
     def progress(self) -> Progress:
@@ -169,7 +144,7 @@ class BroadcastCampaign:
         change while the first pass still ran counts), or once after a continue-as-new."""
         while True:
             summary = await workflow.execute_activity(
-                "pending_summary", replace(ref, now=workflow.now().isoformat()), result_type=PendingSummary,
+                "pending_summary", ref, result_type=PendingSummary,
                 start_to_close_timeout=retry.DB_QUICK_TIMEOUT, retry_policy=retry.DB_QUICK,
             )
             self._pending, self._next_open = summary.by_reason, summary.next_open

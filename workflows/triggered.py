@@ -21,6 +21,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from workflows import retry
+    from workflows.controls import CampaignControls
     from workflows.contracts import (
         Counts,
         DeliverDue,
@@ -52,14 +53,11 @@ async def _set_status(campaign_id: int, status: str) -> None:
 
 
 @workflow.defn
-class TriggeredCampaign:
+class TriggeredCampaign(CampaignControls):
     def __init__(self) -> None:
+        super().__init__()
         self._state = RunState.running
-        self._paused = False
-        self._cancelled = False
         self._wakes = 0
-        self._budget_changes = 0
-        self._end_at: datetime | None = None
         self._counts = Counts()
         self._cursor = 0
         self._matched = 0
@@ -67,29 +65,9 @@ class TriggeredCampaign:
         self._next_due: str | None = None
 
     @workflow.signal
-    def pause(self) -> None:
-        self._paused = True
-
-    @workflow.signal
-    def resume(self) -> None:
-        self._paused = False
-
-    @workflow.signal
-    def cancel(self) -> None:
-        self._cancelled = True
-
-    @workflow.signal
     def wake(self) -> None:
         """New events were stored: look now rather than at the next poll."""
         self._wakes += 1
-
-    @workflow.signal
-    def budget_changed(self) -> None:
-        self._budget_changes += 1
-
-    @workflow.signal
-    def set_end(self, end_at: str | None) -> None:
-        self._end_at = datetime.fromisoformat(end_at) if end_at else None
 
     @workflow.query
     def progress(self) -> Progress:
