@@ -55,7 +55,6 @@ from consent.tokens import UNSUBSCRIBE, UNSUBSCRIBE_TTL_S, Signer
 from storage.db import insert_ignore, session_scope
 from storage.tables import (
     Campaign,
-    ChannelName,
     ConsentAction,
     ConsentSource,
     Delivery,
