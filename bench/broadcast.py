@@ -56,6 +56,7 @@ from temporalio import activity  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from activities.delivery import DeliveryActivities  # noqa: E402
+from bench.common import CpuMeter, die_with_parent, free_port, say  # noqa: E402
 from app import campaigns as service  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.temporal import temporal_cli  # noqa: E402
@@ -80,8 +81,6 @@ ZONES = ["Europe/Moscow", "Asia/Yekaterinburg", "Europe/London", "America/New_Yo
 EMAIL_DOMAIN = "bench.clarion.example"
 
 
-def say(line: str = "") -> None:
-    print(line, flush=True)
 
 
 # --- synthetic members ------------------------------------------------------------------------
@@ -144,7 +143,7 @@ async def seed_in_subprocess(db_url: str, n: int) -> Seeded:
     """Seed in a child process, so that the bench process's peak RSS is the worker's, not the seeding's."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(Path(__file__).resolve()), "--seed-only", db_url, "--members", str(n),
-        stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent)
     try:
         out, _ = await proc.communicate()
     finally:
@@ -195,20 +194,8 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 _MESG = re.compile(rb"mesg=(\d+)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """Linux: the sink gets SIGTERM if this process dies without cleaning up (kill -9)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def find_smtp_sink() -> str | None:
@@ -246,7 +233,7 @@ class Sink:
         with open(self.log, "wb") as out:
             # own session: a Ctrl-C in the terminal reaches only us, and we stop it in order
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
+                                         start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -343,28 +330,8 @@ def _child_pid(name: str) -> int | None:
     return None
 
 
-def cpu_s(pid: int | None = None) -> float | None:
-    """user+system CPU seconds of this process (pid None) or of another one (Linux /proc)."""
-    if pid is None:
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        return ru.ru_utime + ru.ru_stime
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class CpuMeter:
-    """CPU seconds used during a phase by this process and by the given other processes."""
-
-    def __init__(self, **pids: int | None) -> None:
-        self.pids = pids
-        self.start = {"bench": cpu_s(), **{k: cpu_s(p) if p else None for k, p in pids.items()}}
-
-    def used(self) -> dict[str, float | None]:
-        now = {"bench": cpu_s(), **{k: cpu_s(p) if p else None for k, p in self.pids.items()}}
-        return {k: (now[k] - v) if v is not None and now[k] is not None else None for k, v in self.start.items()}
 
 
 # --- optional: where the pipeline's time goes (--breakdown) --------------------------------------

@@ -62,6 +62,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from bench.common import CpuMeter, die_with_parent, free_port, say  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 from sqlmodel import Session  # noqa: E402
 from temporalio.api.enums.v1 import EventType  # noqa: E402
@@ -86,8 +87,6 @@ CLARION = str(Path(sys.executable).with_name("clarion"))
 _MSGID = re.compile(r"<d(\d+)\.c(\d+)@")
 
 
-def say(line: str = "") -> None:
-    print(line, flush=True)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -96,32 +95,10 @@ def pct(values: list[float], q: float) -> float:
     return s[max(0, min(len(s) - 1, math.ceil(q * len(s)) - 1))]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM if this process dies without cleaning up (kill -9)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
-def cpu_s(pid: int | None = None) -> float | None:
-    """user+system CPU seconds of this process (pid None) or of another one (Linux /proc)."""
-    if pid is None:
-        t = os.times()
-        return t.user + t.system
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -139,16 +116,6 @@ def children(pid: int) -> list[int]:
     return out
 
 
-class CpuMeter:
-    """CPU seconds used during a phase by this process and by the given other processes."""
-
-    def __init__(self, **pids: int | None) -> None:
-        self.pids = pids
-        self.start = {"bench": cpu_s(), **{k: cpu_s(p) if p else None for k, p in pids.items()}}
-
-    def used(self) -> dict[str, float | None]:
-        now = {"bench": cpu_s(), **{k: cpu_s(p) if p else None for k, p in self.pids.items()}}
-        return {k: (now[k] - v) if v is not None and now[k] is not None else None for k, v in self.start.items()}
 
 
 # --- the SMTP sink, in another process ----------------------------------------------------------
@@ -248,7 +215,7 @@ class Sink:
         with open(self.out, "wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-c", SINK, "127.0.0.1", str(self.port), str(self.path)],
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
+                                         start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -344,7 +311,7 @@ class Stack:
         with open(self.workdir / f"{name}.log", "wb") as out:
             # own session: a Ctrl-C in the terminal reaches only us, and we stop them in order
             proc = subprocess.Popen(cmd, env=self.env, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+                                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
         self.procs[name] = proc
         return proc
 

@@ -1,0 +1,52 @@
+"""Helpers the benchmarks share: printing, free ports, child processes that die with the bench, CPU meters."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from pathlib import Path
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def die_with_parent() -> None:
+    """Linux (a subprocess preexec_fn): the child gets SIGTERM if the bench dies without cleaning up."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def cpu_s(pid: int | None = None) -> float | None:
+    """user+system CPU seconds of this process (pid None) or of another one (Linux /proc)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used during a phase by this process and by the given other processes."""
+
+    def __init__(self, **pids: int | None) -> None:
+        self.pids = pids
+        self.start = {"bench": cpu_s(), **{k: cpu_s(p) if p else None for k, p in pids.items()}}
+
+    def used(self) -> dict[str, float | None]:
+        now = {"bench": cpu_s(), **{k: cpu_s(p) if p else None for k, p in self.pids.items()}}
+        return {k: (now[k] - v) if v is not None and now[k] is not None else None for k, v in self.start.items()}
