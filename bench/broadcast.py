@@ -36,7 +36,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,7 @@ from temporalio import activity  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from activities.delivery import DeliveryActivities  # noqa: E402
-from bench.common import CpuMeter, die_with_parent, free_port, say  # noqa: E402
+from bench.common import CpuMeter, die_with_parent, free_port, say, wait_for_smtp  # noqa: E402
 from app import campaigns as service  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.temporal import temporal_cli  # noqa: E402
@@ -234,19 +233,7 @@ class Sink:
             # own session: a Ctrl-C in the terminal reaches only us, and we stop it in order
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, preexec_fn=die_with_parent)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the SMTP sink exited ({self.proc.returncode}): {self.log.read_text()[-500:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.settimeout(5)
-                    if s.recv(512).startswith(b"220"):
-                        s.sendall(b"QUIT\r\n")
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("the SMTP sink did not answer within 15 s")
+        wait_for_smtp(self.proc, self.port, self.log)
 
     def received(self) -> int | None:
         """Messages received so far (the sink's own counter), None if unreadable."""

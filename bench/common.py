@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -50,3 +52,20 @@ class CpuMeter:
     def used(self) -> dict[str, float | None]:
         now = {"bench": cpu_s(), **{k: cpu_s(p) if p else None for k, p in self.pids.items()}}
         return {k: (now[k] - v) if v is not None and now[k] is not None else None for k, v in self.start.items()}
+
+
+def wait_for_smtp(proc: subprocess.Popen, port: int, log: Path, timeout: float = 15.0) -> None:
+    """Until the SMTP server started as ``proc`` greets on 127.0.0.1:port (its output goes to ``log``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the SMTP sink exited ({proc.returncode}): {log.read_text()[-500:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.settimeout(5)
+                if s.recv(512).startswith(b"220"):
+                    s.sendall(b"QUIT\r\n")
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the SMTP sink did not answer within {timeout:.0f} s")

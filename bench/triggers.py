@@ -45,7 +45,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -62,7 +61,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-from bench.common import CpuMeter, die_with_parent, free_port, say  # noqa: E402
+from bench.common import CpuMeter, die_with_parent, free_port, say, wait_for_smtp  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 from sqlmodel import Session  # noqa: E402
 from temporalio.api.enums.v1 import EventType  # noqa: E402
@@ -216,19 +215,7 @@ class Sink:
             self.proc = subprocess.Popen([sys.executable, "-c", SINK, "127.0.0.1", str(self.port), str(self.path)],
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, preexec_fn=die_with_parent)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the SMTP sink exited ({self.proc.returncode}): {self.out.read_text()[-500:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.settimeout(5)
-                    if s.recv(512).startswith(b"220"):
-                        s.sendall(b"QUIT\r\n")
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("the SMTP sink did not answer within 15 s")
+        wait_for_smtp(self.proc, self.port, self.out)
 
     def poll(self) -> int:
         """Read what the sink wrote since the last call; returns the number of messages so far."""

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from campaigns.rules import Duration, FrequencyCap, SendWindow
-from campaigns.segments import Audience, Op
+from campaigns.segments import Audience, Op, error_path
 from storage.tables import ChannelName
 
 KEY = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
@@ -232,16 +232,6 @@ class CampaignSpec(BaseModel):
         return (f.template if f and f.template else None) or self.template
 
 
-def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
 def parse_spec(data: Any) -> CampaignSpec:
     if not isinstance(data, dict):
         raise SpecError([("", "the spec must be a mapping of fields (key, name, program, ...)")])
@@ -257,7 +247,7 @@ def parse_spec(data: Any) -> CampaignSpec:
                 msg = "use text, a number, true/false, or a list of those"
             else:
                 msg = err["msg"].removeprefix("Value error, ")
-            problems.setdefault(_path(loc), msg)
+            problems.setdefault(error_path(loc), msg)
         raise SpecError(list(problems.items())) from None
 
 
