@@ -463,7 +463,7 @@ class Rule(BaseModel):
     def _channel(cls, v: Any, info: ValidationInfo) -> str | None:
         spec = _spec_of(info)
         if spec is None:
-            return None if v is None else v
+            return v
         if spec.source is not Source.consent:
             if v is not None:
                 fail("'channel' applies to field 'consent' only")
@@ -478,7 +478,7 @@ class Rule(BaseModel):
     def _topic(cls, v: Any, info: ValidationInfo) -> str | None:
         spec = _spec_of(info)
         if spec is None:
-            return None if v is None else v
+            return v
         if spec.source is not Source.consent:
             if v is not None:
                 fail("'topic' applies to field 'consent' only")
