@@ -202,8 +202,7 @@ async def _schedule_info(client: Client, schedule_id: str) -> dict | None:
             "runs": desc.info.num_actions}
 
 
-async def _running_handle(engine: Engine, client: Client, program: str, key: str, action: str):  # noqa: ANN202
-    row, _ = _row(engine, program, key)
+async def _running_handle(client: Client, row: Campaign, action: str):  # noqa: ANN202
     handle = client.get_workflow_handle(row.workflow_id or "")
     desc = None
     try:
@@ -212,7 +211,7 @@ async def _running_handle(engine: Engine, client: Client, program: str, key: str
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise
     if desc is None or desc.status != WorkflowExecutionStatus.RUNNING:
-        raise Conflict(f"campaign {key!r} is not running (status {row.status}); cannot {action}", field="key")
+        raise Conflict(f"campaign {row.key!r} is not running (status {row.status}); cannot {action}", field="key")
     return handle
 
 
@@ -221,7 +220,7 @@ async def signal(*, engine: Engine, client: Client, program: str, key: str, acti
     if uses_schedule(CampaignSpec.model_validate(row.spec)):
         await _steer_schedule(engine, client, row, action)
     else:
-        handle = await _running_handle(engine, client, program, key, action)
+        handle = await _running_handle(client, row, action)
         await handle.signal(action)
     return await status_of(engine=engine, client=client, program=program, key=key)
 
@@ -263,7 +262,7 @@ async def set_end(*, engine: Engine, client: Client, program: str, key: str, end
     if end_at is not None and end_at.tzinfo is None:
         raise Invalid([("end_at", "give a time zone offset, e.g. 2026-12-01T10:00:00+03:00")])
     row, _ = _row(engine, program, key)
-    handle = await _running_handle(engine, client, program, key, "change the end date")
+    handle = await _running_handle(client, row, "change the end date")
     await handle.signal("set_end", end_at.isoformat() if end_at else None)
     return await status_of(engine=engine, client=client, program=program, key=row.key)
 
