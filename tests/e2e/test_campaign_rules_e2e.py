@@ -78,6 +78,9 @@ def test_budget_runs_out_then_is_raised_over_http(stack):
     assert status["counts"]["sent"] == 30 and status["budget"]["spent"] == "15.0000", status
     mailed = _mailed(stack, "B")
     assert len(mailed) == len(set(mailed)) == 30  # the rest, nobody twice
+    r = httpx.post(f"{stack['base']}/api/v1/campaigns/budgeted/pause", params={"program": "shop"},
+                   headers=_auth(stack))
+    assert r.status_code == 409 and "'budgeted' is not running" in r.json()["message"], r.text
 
 
 def test_triggered_thank_you_follows_a_purchase_posted_by_the_loyalty_core(stack):
