@@ -1,8 +1,9 @@
 """SMS through Twilio's Programmable Messaging API, with the official ``twilio`` library.
 
 Sending: validate the number (E.164, ``phonenumbers``) → count segments (``channels.sms_text``) and refuse
-texts over ``max_segments`` → ``client.messages.create`` → an ``SmsReceipt`` (a ``SendReceipt`` that also
-carries the segment count and encoding; ``channels.base.SendReceipt`` has no place for them).
+texts over ``max_segments`` → ``client.messages.create`` → a ``SendReceipt`` with the segment count and
+encoding (the cost is per segment). ``channels.whatsapp_twilio`` reuses the client, the error mapping and
+the inbound helpers of this module.
 
 Why a thread and not ``AsyncTwilioHttpClient``: the sync client (requests/urllib3) is called with
 ``asyncio.to_thread``. The async client needs aiohttp and aiohttp-retry, and wraps every request in an
@@ -29,9 +30,12 @@ Errors, mapped once here (codes: https://www.twilio.com/docs/api/errors)::
     before any request: bad number → PermanentChannelError("invalid_number");
                         too long   → PermanentChannelError("too_many_segments")
 
-Inbound helpers (pure; routes come later): ``verify_signature`` (X-Twilio-Signature), ``parse_status``
-(status callbacks, normalized to queued|sent|delivered|failed|undelivered) and ``parse_inbound`` (replies
-and the STOP/START/HELP keywords).
+Inbound helpers (pure): ``verify_signature`` (X-Twilio-Signature), ``parse_status`` (status callbacks,
+normalized to queued|sent|delivered|read|failed|undelivered) and ``parse_inbound`` (replies and the
+STOP/START/HELP keywords), both into the normalized shapes of ``channels.base``.
+
+Sandbox: with a ``SandboxRecorder`` the client's requests session is routed to ``channels.sandbox``: the
+form body Twilio would get is recorded, and the answer is a queued message like Twilio's.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
+from urllib.parse import parse_qs
 
 import phonenumbers
 import requests
@@ -53,14 +58,20 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from urllib3.exceptions import NewConnectionError
 
+from channels import sandbox
 from channels.base import (
     ChannelError,
+    InboundEvent,
+    InboundKind,
     InDoubtChannelError,
     OutboundMessage,
     PermanentChannelError,
     RateLimited,
+    SandboxRecorder,
     SendReceipt,
+    StatusEvent,
     TransientChannelError,
+    current_delivery,
 )
 from channels.sms_text import sms_segments
 from storage.tables import ChannelName
@@ -79,12 +90,6 @@ class TwilioConfig:
     max_segments: int = 6
     base_url: str | None = None         # tests: the fake's URL; production None (https://api.twilio.com)
     timeout: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class SmsReceipt(SendReceipt):
-    segments: int = 1
-    encoding: str = "GSM-7"
 
 
 class _RecordingHttpClient(TwilioHttpClient):
@@ -125,23 +130,25 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _map_twilio_error(exc: TwilioRestException | TwilioServiceException, retry_after: str | None) -> ChannelError:
+def map_twilio_error(exc: TwilioRestException | TwilioServiceException, retry_after: str | None, *,
+                     label: str = "sms") -> ChannelError:
     code, status = exc.code, exc.status
     code_str = str(code) if code is not None else str(status)
     if code == UNSUBSCRIBED:
-        return PermanentChannelError("sms: recipient unsubscribed (replied STOP)", code=code_str,
+        return PermanentChannelError(f"{label}: recipient unsubscribed (replied STOP)", code=code_str,
                                      revoke_address=True)
     if code in INVALID_TO:
-        return PermanentChannelError(f"sms: Twilio refused the number ({code})", code=code_str)
+        return PermanentChannelError(f"{label}: Twilio refused the number ({code})", code=code_str)
     if code == TOO_MANY_REQUESTS or status == 429:
-        return RateLimited(f"sms: Twilio rate limit ({code_str})", retry_after=_retry_after(retry_after),
+        return RateLimited(f"{label}: Twilio rate limit ({code_str})", retry_after=_retry_after(retry_after),
                            code=code_str)
     if status >= 500:
-        return InDoubtChannelError(f"sms: Twilio server error {status}; it may have accepted the message",
+        return InDoubtChannelError(f"{label}: Twilio server error {status}; it may have accepted the message",
                                    code=code_str)
     if 400 <= status < 500:
-        return PermanentChannelError(f"sms: Twilio refused the message ({status}, {code_str})", code=code_str)
-    return InDoubtChannelError(f"sms: unexpected answer from Twilio ({status})", code=code_str)
+        return PermanentChannelError(f"{label}: Twilio refused the message ({status}, {code_str})",
+                                     code=code_str)
+    return InDoubtChannelError(f"{label}: unexpected answer from Twilio ({status})", code=code_str)
 
 
 def _never_connected(exc: BaseException) -> bool:
@@ -161,11 +168,11 @@ def _never_connected(exc: BaseException) -> bool:
     return False
 
 
-def _map_transport_error(exc: requests.RequestException) -> ChannelError:
+def map_transport_error(exc: requests.RequestException, *, label: str = "sms", provider: str = "Twilio") -> ChannelError:
     kind = type(exc).__name__
     if _never_connected(exc):
-        return TransientChannelError(f"sms: cannot reach Twilio ({kind}); nothing was sent")
-    return InDoubtChannelError(f"sms: no answer from Twilio after sending ({kind}); do not resend blindly")
+        return TransientChannelError(f"{label}: cannot reach {provider} ({kind}); nothing was sent")
+    return InDoubtChannelError(f"{label}: no answer from {provider} after sending ({kind}); do not resend blindly")
 
 
 def e164(number: str) -> str:
@@ -179,15 +186,31 @@ def e164(number: str) -> str:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
-class TwilioSmsChannel:
-    name: ClassVar[ChannelName] = ChannelName.sms
+def _sandbox_answer(recorded_id: str, request: requests.PreparedRequest) -> tuple[int, dict[str, Any]]:
+    """What Twilio answers a Messages create: the message, queued (SID "SM" + the recorded request's id)."""
+    form = {k: v[0] for k, v in parse_qs(sandbox.body_text(request.body), keep_blank_values=True).items()}
+    account = (request.path_url or "").split("/")[3] if (request.path_url or "").count("/") >= 4 else ""
+    sid = "SM" + f"sandbox{recorded_id}".rjust(32, "0")[-32:]
+    return 201, {"sid": sid, "account_sid": account, "to": form.get("To"), "from": form.get("From"),
+                 "body": form.get("Body"), "status": "queued", "num_segments": "1"}
 
-    def __init__(self, config: TwilioConfig) -> None:
+
+class TwilioMessaging:
+    """Twilio's Messages resource on the official client: what SMS and WhatsApp share."""
+
+    name: ClassVar[ChannelName] = ChannelName.sms
+    label = "sms"
+
+    def __init__(self, config: TwilioConfig, *, sandbox_recorder: SandboxRecorder | None = None) -> None:
         self._config = config
         self._http = _RecordingHttpClient(timeout=config.timeout)
         self._client = Client(config.account_sid, config.auth_token, http_client=self._http)
         if config.base_url:
             self._client.api.base_url = config.base_url  # the Messages resource: {base}/2010-04-01/...
+        self.sandboxed = sandbox_recorder is not None
+        if sandbox_recorder is not None and self._http.session is not None:
+            sandbox.mount(self._http.session, sandbox.RecordingAdapter(
+                sandbox_recorder, channel=str(self.name), provider="twilio", answer=_sandbox_answer))
 
     def _sender_args(self) -> dict[str, str]:
         sender = self._config.sender
@@ -195,18 +218,30 @@ class TwilioSmsChannel:
             return {"messaging_service_sid": sender}
         return {"from_": sender}
 
-    def _create(self, to: str, body: str) -> str:
+    def _create(self, delivery_id: int, **fields: Any) -> str:
         """Blocking: runs in a worker thread. Returns the message SID."""
-        extra: dict[str, str] = self._sender_args()
+        extra: dict[str, Any] = self._sender_args()
         if self._config.status_callback:
             extra["status_callback"] = self._config.status_callback
+        token = current_delivery.set(delivery_id)
         try:
-            message = self._client.messages.create(to=to, body=body, **extra)
+            message = self._client.messages.create(**fields, **extra)
         except (TwilioRestException, TwilioServiceException) as exc:
-            raise _map_twilio_error(exc, self._http.last_header("Retry-After")) from exc
+            raise map_twilio_error(exc, self._http.last_header("Retry-After"), label=self.label) from exc
         except requests.RequestException as exc:
-            raise _map_transport_error(exc) from exc
+            raise map_transport_error(exc, label=self.label) from exc
+        finally:
+            current_delivery.reset(token)
         return message.sid
+
+    async def aclose(self) -> None:
+        if self._http.session is not None:
+            self._http.session.close()
+
+
+class TwilioSmsChannel(TwilioMessaging):
+    name: ClassVar[ChannelName] = ChannelName.sms
+    label = "sms"
 
     async def send(self, msg: OutboundMessage) -> SendReceipt:
         to = e164(msg.to)
@@ -215,22 +250,16 @@ class TwilioSmsChannel:
             raise PermanentChannelError(
                 f"sms: {info.segments} segments ({info.encoding}) over the limit of {self._config.max_segments}",
                 code="too_many_segments")
-        sid = await asyncio.to_thread(self._create, to, msg.text)
-        return SmsReceipt(provider_message_id=sid, segments=info.segments, encoding=info.encoding)
-
-    async def aclose(self) -> None:
-        if self._http.session is not None:
-            self._http.session.close()
+        sid = await asyncio.to_thread(self._create, msg.delivery_id, to=to, body=msg.text)
+        return SendReceipt(provider_message_id=sid, segments=info.segments, encoding=info.encoding)
 
 
 # --- inbound: signatures, status callbacks, replies -------------------------------------------------
 
-StatusName = Literal["queued", "sent", "delivered", "failed", "undelivered"]
-
-_STATUS: dict[str, StatusName] = {
+_STATUS: dict[str, str] = {
     "accepted": "queued", "scheduled": "queued", "queued": "queued",
     "sending": "sent", "sent": "sent",
-    "delivered": "delivered", "read": "delivered",
+    "delivered": "delivered", "read": "read",
     "undelivered": "undelivered",
     "failed": "failed", "canceled": "failed",
 }
@@ -239,20 +268,6 @@ STOP_WORDS = frozenset(w.casefold() for w in (
     "STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT", "СТОП", "ОТПИСАТЬСЯ"))
 START_WORDS = frozenset(w.casefold() for w in ("START", "YES", "UNSTOP"))
 HELP_WORDS = frozenset(w.casefold() for w in ("HELP",))
-
-
-@dataclass(frozen=True)
-class StatusEvent:
-    message_sid: str
-    status: StatusName
-    error_code: str | None = None
-
-
-@dataclass(frozen=True)
-class InboundEvent:
-    from_: str
-    body: str
-    kind: Literal["stop", "start", "help", "reply"]
 
 
 def verify_signature(url: str, params: Mapping[str, str], signature: str | None, auth_token: str) -> bool:
@@ -271,10 +286,11 @@ def parse_status(params: Mapping[str, str]) -> StatusEvent:
     sid = params.get("MessageSid") or params.get("SmsSid") or ""
     if not sid:
         raise ValueError("sms: status callback without MessageSid")
-    return StatusEvent(message_sid=sid, status=status, error_code=params.get("ErrorCode") or None)
+    return StatusEvent(provider_message_id=sid, status=status,  # type: ignore[arg-type]
+                       error_code=params.get("ErrorCode") or None, event_id=f"twilio:{sid}:{status}")
 
 
-def keyword_kind(body: str) -> Literal["stop", "start", "help", "reply"]:
+def keyword_kind(body: str) -> InboundKind:
     word = body.strip().casefold()
     if word in STOP_WORDS:
         return "stop"
@@ -286,6 +302,10 @@ def keyword_kind(body: str) -> Literal["stop", "start", "help", "reply"]:
 
 
 def parse_inbound(params: Mapping[str, str]) -> InboundEvent:
-    """An incoming message's form fields → InboundEvent (the whole trimmed body is the keyword)."""
+    """An incoming message's form fields → InboundEvent (the whole trimmed body is the keyword).
+    WhatsApp's ``whatsapp:`` prefix is taken off the address."""
     body = params.get("Body", "")
-    return InboundEvent(from_=params.get("From", ""), body=body, kind=keyword_kind(body))
+    sid = params.get("MessageSid") or params.get("SmsSid") or None
+    return InboundEvent(address=params.get("From", "").removeprefix("whatsapp:"), text=body,
+                        kind=keyword_kind(body), event_id=f"twilio:{sid}" if sid else None,
+                        profile_name=params.get("ProfileName") or None)

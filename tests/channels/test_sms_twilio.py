@@ -251,16 +251,17 @@ def test_signature_for_another_url_is_rejected():
 
 @pytest.mark.parametrize(("raw", "status"), [
     ("accepted", "queued"), ("scheduled", "queued"), ("queued", "queued"), ("sending", "sent"), ("sent", "sent"),
-    ("delivered", "delivered"), ("read", "delivered"), ("undelivered", "undelivered"), ("failed", "failed"),
+    ("delivered", "delivered"), ("read", "read"), ("undelivered", "undelivered"), ("failed", "failed"),
     ("canceled", "failed"), ("DELIVERED", "delivered"),
 ])
 def test_status_is_normalized(raw, status):
-    assert parse_status({"MessageSid": "SM1", "MessageStatus": raw}) == StatusEvent("SM1", status, None)
+    assert parse_status({"MessageSid": "SM1", "MessageStatus": raw}) == StatusEvent(
+        "SM1", status, None, f"twilio:SM1:{status}")
 
 
 def test_failed_status_carries_the_error_code():
     event = parse_status({"MessageSid": "SM1", "MessageStatus": "undelivered", "ErrorCode": "30003"})
-    assert event == StatusEvent("SM1", "undelivered", "30003")
+    assert event == StatusEvent("SM1", "undelivered", "30003", "twilio:SM1:undelivered")
 
 
 def test_unknown_status_is_an_error():
@@ -277,4 +278,5 @@ def test_unknown_status_is_an_error():
     ("stop it please", "reply"), ("STOP!", "reply"), ("thanks", "reply"), ("", "reply"), ("стопка", "reply"),
 ])
 def test_inbound_keywords(body, kind):
-    assert parse_inbound({"From": TO, "Body": body}) == InboundEvent(TO, body, kind)
+    assert parse_inbound({"From": TO, "Body": body, "MessageSid": "SM9"}) == InboundEvent(
+        TO, body, kind, event_id="twilio:SM9")
