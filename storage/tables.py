@@ -11,7 +11,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Numeric, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Float, Index, Numeric, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -79,6 +79,7 @@ class DeliveryStatus(StrEnum):
     suppressed = "suppressed"
     held_out = "held_out"
     sending = "sending"
+    queued = "queued"      # in a batch not handed over yet (direct mail): sent when it is
     sent = "sent"
     delivered = "delivered"
     failed = "failed"
@@ -94,6 +95,7 @@ class ResponseKind(StrEnum):
     unsubscribed = "unsubscribed"
     complained = "complained"
     converted = "converted"
+    dismissed = "dismissed"          # inbox: the member dismissed the message
 
 
 class Role(StrEnum):
@@ -127,7 +129,9 @@ class Program(SQLModel, table=True):
 class Member(SQLModel, table=True):
     """A member as the loyalty core knows it, with the contacts Clarion may use."""
 
-    __table_args__ = (UniqueConstraint("program_id", "external_id", name="uq_member_external"),)
+    __table_args__ = (UniqueConstraint("program_id", "external_id", name="uq_member_external"),
+                      Index("ix_member_phone", "program_id", "phone"),
+                      Index("ix_member_telegram", "program_id", "telegram_chat_id"))
 
     id: int | None = Field(default=None, primary_key=True)
     program_id: int = Field(foreign_key="program.id", index=True)
@@ -140,6 +144,9 @@ class Member(SQLModel, table=True):
     email: str | None = Field(default=None, max_length=320)
     phone: str | None = Field(default=None, max_length=20)  # E.164
     telegram_chat_id: str | None = Field(default=None, max_length=32)
+    # postal address for direct mail: {name, line1, line2, postcode, city, region, country}
+    postal_address: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    whatsapp_inbound_at: datetime | None = _ts(default=None)   # opens WhatsApp's 24 h window
     attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
@@ -259,6 +266,7 @@ class Delivery(SQLModel, table=True):
 
     __table_args__ = (
         UniqueConstraint("campaign_id", "member_id", "step", "occurrence", name="uq_delivery"),
+        Index("ix_delivery_provider_message", "provider_message_id"),
         Index("ix_delivery_campaign_status", "campaign_id", "status"),
         Index("ix_delivery_member_sent", "member_id", "sent_at"),
     )
@@ -276,6 +284,8 @@ class Delivery(SQLModel, table=True):
     cost: Decimal | None = Field(default=None, sa_column=Column(Numeric(12, 4)))
     provider_message_id: str | None = Field(default=None, max_length=255)
     error_code: str | None = Field(default=None, max_length=64)
+    # channels tried before this one (fallback): [{"channel": "sms", "code": "21211"}]
+    attempts: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
     sent_at: datetime | None = _ts(default=None)
@@ -293,6 +303,84 @@ class Response(SQLModel, table=True):
     at: datetime = _ts(default_factory=utcnow)
     value: Decimal | None = Field(default=None, sa_column=Column(Numeric(14, 4)))
     provider_event_id: str | None = Field(default=None, max_length=255)
+
+
+class StoredMessage(SQLModel, table=True):
+    """A message kept for the member to pull (till receipt, app inbox) or to print in a batch (direct mail).
+
+    ``state``: pending → reserved (a checkout holds it until ``reserved_until``) → done (printed, read) |
+    dismissed; direct mail: pending → done when its batch is handed over (``batch``)."""
+
+    __tablename__ = "stored_message"
+    __table_args__ = (
+        Index("ix_stored_message_member", "member_id", "channel", "state"),
+        Index("ix_stored_message_batch", "campaign_id", "channel", "state"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int = Field(foreign_key="program.id")
+    campaign_id: int = Field(foreign_key="campaign.id")
+    member_id: int = Field(foreign_key="member.id")
+    delivery_id: int = Field(foreign_key="delivery.id", unique=True)
+    channel: str = Field(max_length=16)
+    title: str | None = Field(default=None, max_length=500)
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    link: str | None = Field(default=None, max_length=2048)
+    coupon: str | None = Field(default=None, max_length=64)
+    locale: str | None = Field(default=None, max_length=35)
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    state: str = Field(default="pending", max_length=16)
+    reserved_by: str | None = Field(default=None, max_length=128)   # store/checkout that holds it
+    reserved_until: datetime | None = _ts(default=None)
+    receipt_number: str | None = Field(default=None, max_length=64)
+    batch: str | None = Field(default=None, max_length=200)         # direct mail: the handed-over batch
+    expires_at: datetime | None = _ts(default=None)
+    created_at: datetime = _ts(default_factory=utcnow)
+    updated_at: datetime = _ts(default_factory=utcnow)
+
+
+class ChannelAccount(SQLModel, table=True):
+    """A program's account at a channel's provider: sender, credentials, rate. None = sandbox."""
+
+    __tablename__ = "channel_account"
+    __table_args__ = (UniqueConstraint("program_id", "channel", name="uq_channel_account"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int = Field(foreign_key="program.id")
+    channel: str = Field(max_length=16)
+    provider: str = Field(max_length=32)
+    # provider settings and secrets (channels.accounts validates them); shown masked
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    rate_per_s: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
+    created_at: datetime = _ts(default_factory=utcnow)
+    updated_at: datetime = _ts(default_factory=utcnow)
+
+
+class SandboxMessage(SQLModel, table=True):
+    """The exact request a provider would have received, kept instead of sending (sandbox)."""
+
+    __tablename__ = "sandbox_message"
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int | None = Field(default=None, foreign_key="program.id", index=True)
+    delivery_id: int | None = Field(default=None, index=True)
+    channel: str = Field(max_length=16)
+    provider: str = Field(max_length=32)
+    method: str = Field(max_length=8)
+    url: str = Field(max_length=2048)
+    headers: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+class RateLimit(SQLModel, table=True):
+    """A shared limiter (GCRA): the theoretical arrival time of the next message of a provider account."""
+
+    __tablename__ = "rate_limit"
+
+    key: str = Field(primary_key=True, max_length=128)
+    tat: float = Field(sa_column=Column(Float, nullable=False))   # seconds since the epoch
+    updated_at: datetime = _ts(default_factory=utcnow)
 
 
 # --- access --------------------------------------------------------------------------------
