@@ -1,7 +1,14 @@
 """Rendering: MJML compiled once per (template, locale, version), sandboxed Jinja per member.
 
 Library layout: ``templates/library/<name>/template.yaml`` (default locale, version, subject per
-locale) and ``email.<locale>.mjml`` + ``email.<locale>.txt`` beside it.
+locale) and ``email.<locale>.mjml`` + ``email.<locale>.txt`` beside it; the other channels have one body
+file per locale beside them (``CHANNEL_FILES``): ``sms.ru.txt``, ``telegram.ru.html`` (Telegram's HTML
+subset), ``push.ru.txt``, ``whatsapp.ru.txt``, ``inbox.ru.txt``, ``receipt.ru.txt``,
+``direct_mail.ru.html`` (the letter body). ``template.yaml`` may also give, per locale where it is text:
+``title`` (push, inbox, receipt and letter heading), ``link`` (deep link), ``image`` (push), ``coupon``,
+``buttons`` (Telegram URL buttons: ``[{text: {en: ...}, url: ...}]``) and ``whatsapp`` (the approved
+template for outside the 24 h window: ``{content_sid: {en: HX...}, variables: {"1": "{{ ... }}"}}``).
+Every value is a sandboxed Jinja template like the bodies.
 
 The ``mjml`` package escapes ``<``/``>`` inside Jinja tags and drops ``{% if %}`` that stand between
 sections, so Jinja tags are swapped for placeholders before compiling (block tags standing between
@@ -31,6 +38,17 @@ _ENDING = re.compile(r"<(mj-text|mj-button|mj-raw|mj-table|mj-navbar-link|mj-acc
 _PLACEHOLDER = "CLRNJ{:05d}X"
 
 
+# channel → (file stem, extension, HTML-escaped): the body file of each non-email channel
+CHANNEL_FILES: dict[str, tuple[str, bool]] = {
+    "sms": ("txt", False), "whatsapp": ("txt", False), "telegram": ("html", True), "push": ("txt", False),
+    "inbox": ("txt", False), "receipt": ("txt", False), "direct_mail": ("html", True),
+}
+# Telegram's HTML subset (https://core.telegram.org/bots/api#html-style)
+TELEGRAM_TAGS = frozenset({"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler",
+                           "a", "code", "pre", "blockquote", "tg-emoji"})
+_TAG = re.compile(r"</?\s*([a-zA-Z][a-zA-Z0-9-]*)")
+
+
 class TemplateProblem(ValueError):
     """A template cannot be used: names the template, locale, line and what is wrong."""
 
@@ -41,6 +59,22 @@ class RenderedEmail:
     html: str
     text: str
     locale: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedMessage:
+    """A non-email message as the member gets it (the fields its channel uses)."""
+
+    channel: str
+    locale: str
+    text: str
+    title: str | None = None
+    link: str | None = None
+    image: str | None = None
+    coupon: str | None = None
+    buttons: tuple[tuple[str, str], ...] = ()
+    content_sid: str | None = None
+    content_variables: dict[str, str] | None = None
 
 
 def normalize_locale(value: str) -> str:
@@ -115,6 +149,7 @@ class Renderer:
         self._html_env = _environment(autoescape=True)
         self._text_env = _environment(autoescape=False)
         self._cache: dict[tuple[str, str, int], _Compiled] = {}
+        self._channel_cache: dict[tuple[str, str, str, int], dict[str, Any]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
@@ -129,12 +164,20 @@ class Renderer:
             meta.setdefault("version", 1)
             meta.setdefault("default_locale", "en")
             meta["locales"] = sorted(p.name.split(".")[1] for p in path.parent.glob("email.*.mjml"))
+            meta["channel_locales"] = {"email": meta["locales"]} | {
+                channel: sorted(p.name.split(".")[1] for p in path.parent.glob(f"{channel}.*.{ext}"))
+                for channel, (ext, _) in CHANNEL_FILES.items()}
             self._meta[name] = meta
         return self._meta[name]
 
-    def resolve_locale(self, name: str, wanted: str | None, fallback: str | None = None) -> str:
+    def channels(self, name: str) -> list[str]:
+        """The channels this template has a body for."""
+        return [c for c, locales in self.meta(name)["channel_locales"].items() if locales]
+
+    def resolve_locale(self, name: str, wanted: str | None, fallback: str | None = None,
+                       channel: str = "email") -> str:
         """Member locale → its language → the program's default → the template's default."""
-        available = self.meta(name)["locales"]
+        available = self.meta(name)["channel_locales"].get(channel) or []
         for candidate in (wanted, fallback):
             if not candidate:
                 continue
@@ -145,7 +188,8 @@ class Renderer:
                 return language
         default = self.meta(name)["default_locale"]
         if default not in available:
-            raise TemplateProblem(f"template {name!r}: default locale {default!r} has no email.{default}.mjml")
+            ext = "mjml" if channel == "email" else CHANNEL_FILES.get(channel, ("txt", False))[0]
+            raise TemplateProblem(f"template {name!r}: default locale {default!r} has no {channel}.{default}.{ext}")
         return default
 
     def compiled(self, name: str, locale: str) -> _Compiled:
@@ -192,3 +236,78 @@ class Renderer:
             raise TemplateProblem(f"{name}/email.{locale}: {exc.message}") from exc
         except TemplateError as exc:
             raise TemplateProblem(f"{name}/email.{locale}: {exc}") from exc
+
+    # --- the other channels ---------------------------------------------------------------------
+
+    def _channel_compiled(self, name: str, channel: str, locale: str) -> dict[str, Any]:
+        meta = self.meta(name)
+        key = (name, channel, locale, int(meta["version"]))
+        found = self._channel_cache.get(key)
+        if found is not None:
+            return found
+        if channel not in CHANNEL_FILES:
+            raise TemplateProblem(f"{name}: no such channel {channel!r}")
+        ext, escaped = CHANNEL_FILES[channel]
+        where = f"{name}/{channel}.{locale}"
+        env = self._html_env if escaped else self._text_env
+        path = self._library / name / f"{channel}.{locale}.{ext}"
+
+        def per_locale(value: Any) -> Any:
+            return value.get(locale, value.get(meta["default_locale"])) if isinstance(value, dict) else value
+
+        def text_template(value: Any, field: str) -> Any:
+            value = per_locale(value)
+            if value is None:
+                return None
+            if not isinstance(value, str):
+                raise TemplateProblem(f"{name}/template.yaml: {field} must be text")
+            return self._text_env.from_string(value)
+
+        with self._lock:
+            try:
+                source = path.read_text("utf-8")
+                if channel == "telegram":
+                    bad = sorted({t.lower() for t in _TAG.findall(source)} - TELEGRAM_TAGS)
+                    if bad:
+                        raise TemplateProblem(f"{where}: Telegram does not allow the tag(s) {', '.join(bad)}")
+                wa = meta.get("whatsapp") or {}
+                compiled = {
+                    "body": env.from_string(source),
+                    "title": text_template(meta.get("title"), "title"),
+                    "link": text_template(meta.get("link"), "link"),
+                    "image": text_template(meta.get("image"), "image"),
+                    "coupon": text_template(meta.get("coupon"), "coupon"),
+                    "buttons": [(text_template(b.get("text"), "buttons.text"), text_template(b.get("url"), "buttons.url"))
+                                for b in (meta.get("buttons") or []) if isinstance(b, dict)],
+                    "content_sid": per_locale(wa.get("content_sid")),
+                    "variables": {str(k): text_template(v, f"whatsapp.variables.{k}")
+                                  for k, v in (wa.get("variables") or {}).items()},
+                }
+            except TemplateSyntaxError as exc:
+                raise TemplateProblem(f"{where}: line {exc.lineno}: {exc.message}") from exc
+            except FileNotFoundError as exc:
+                raise TemplateProblem(f"{where}: missing file {Path(exc.filename).name}") from exc
+            self._channel_cache[key] = compiled
+            return compiled
+
+    def render(self, name: str, channel: str, locale: str, context: dict[str, Any]) -> RenderedMessage:
+        """A message for ``channel`` (any but email: see :meth:`render_email`) in ``locale``."""
+        c = self._channel_compiled(name, channel, locale)
+        ctx = {**context, "locale": locale}
+
+        def run(t: Any) -> str | None:
+            return None if t is None else t.render(ctx).strip()
+
+        try:
+            body = c["body"].render(ctx).strip()
+            return RenderedMessage(
+                channel=channel, locale=locale, text=body, title=run(c["title"]), link=run(c["link"]),
+                image=run(c["image"]), coupon=run(c["coupon"]) or None,
+                buttons=tuple((run(t) or "", run(u) or "") for t, u in c["buttons"]),
+                content_sid=c["content_sid"],
+                content_variables={k: run(v) or "" for k, v in c["variables"].items()} or None,
+            )
+        except UndefinedError as exc:
+            raise TemplateProblem(f"{name}/{channel}.{locale}: {exc.message}") from exc
+        except TemplateError as exc:
+            raise TemplateProblem(f"{name}/{channel}.{locale}: {exc}") from exc

@@ -361,3 +361,55 @@ def test_locale_codes_are_normalized(value, expected):
 def test_unknown_locale_is_refused(value):
     with pytest.raises(ValueError, match="unknown locale"):
         normalize_locale(value)
+
+
+# --- the other channels ----------------------------------------------------------------------------
+
+SHIPPED_CONTEXT = {"member": {"first_name": "Анна"}, "program": {"name": "A & <B>"}, "unsubscribe_url": "u"}
+
+
+def test_shipped_omnichannel_template_has_a_body_for_every_channel(shipped):
+    assert shipped.channels("weekend_offer") == ["email", "sms", "whatsapp", "telegram", "push", "inbox",
+                                                 "receipt", "direct_mail"]
+
+
+def test_sms_text_is_not_html_escaped_but_telegram_and_letters_are(shipped):
+    sms = shipped.render("weekend_offer", "sms", "ru", SHIPPED_CONTEXT)
+    telegram = shipped.render("weekend_offer", "telegram", "ru", SHIPPED_CONTEXT)
+    letter = shipped.render("weekend_offer", "direct_mail", "en", SHIPPED_CONTEXT)
+    assert sms.text.startswith("A & <B>: 500 баллов")
+    assert "A &amp; &lt;B&gt;" in telegram.text and telegram.text.startswith("<b>Анна,")
+    assert "A &amp; &lt;B&gt;" in letter.text and letter.locale == "en"
+
+
+def test_push_gets_title_link_and_image_and_whatsapp_its_approved_template(shipped):
+    push = shipped.render("weekend_offer", "push", "en", SHIPPED_CONTEXT)
+    wa = shipped.render("weekend_offer", "whatsapp", "ru", SHIPPED_CONTEXT)
+    assert push.title == "500 bonus points this weekend" and push.link.endswith("/offers/weekend")
+    assert push.image.endswith(".png")
+    assert wa.content_sid == "HXd3a2c4e1f0b9a8c7d6e5f4a3b2c1d0e9" and wa.content_variables == {"1": "Анна", "2": "500"}
+
+
+def test_locale_falls_back_per_channel(tmp_path):
+    make_template(tmp_path, "t", subjects={"en": "s", "ru": "с"}, html={"en": "x", "ru": "х"},
+                  text={"en": "x", "ru": "х"}, default_locale="en")
+    (tmp_path / "t" / "sms.en.txt").write_text("hi", "utf-8")
+    r = Renderer(tmp_path)
+    assert r.resolve_locale("t", "ru", None) == "ru"
+    assert r.resolve_locale("t", "ru", None, channel="sms") == "en"
+    with pytest.raises(TemplateProblem, match="has no push.en.txt"):
+        r.resolve_locale("t", "ru", None, channel="push")
+
+
+def test_telegram_template_with_a_tag_telegram_refuses_is_a_template_problem(tmp_path):
+    make_template(tmp_path, "t", subjects={"en": "s"}, html={"en": "x"}, text={"en": "x"})
+    (tmp_path / "t" / "telegram.en.html").write_text("<div>{{ 1 }}</div>", "utf-8")
+    with pytest.raises(TemplateProblem, match=r"t/telegram\.en: Telegram does not allow the tag\(s\) div"):
+        Renderer(tmp_path).render("t", "telegram", "en", {})
+
+
+def test_channel_body_cannot_reach_python_internals(tmp_path):
+    make_template(tmp_path, "t", subjects={"en": "s"}, html={"en": "x"}, text={"en": "x"})
+    (tmp_path / "t" / "sms.en.txt").write_text("{{ ''.__class__.__mro__ }}", "utf-8")
+    with pytest.raises(TemplateProblem, match=r"t/sms\.en"):
+        Renderer(tmp_path).render("t", "sms", "en", {})
