@@ -4,58 +4,65 @@
 ``deliver_due`` handles the planned deliveries of a triggered campaign whose time has come.
 
 1. prepare (one transaction): rows a crashed attempt left ``sending`` become ``in_doubt`` (never
-   resent); new members get a row: ``held_out`` (the control group), ``suppressed(reason)`` (consent,
-   no address) or ``planned``; a planned row outside the member's send window or the channel's quiet
-   hours stays planned with reason ``outside_window`` and ``due_at`` = when the window opens;
-2. per chunk: render → claim (one transaction, the campaign row locked: consent re-checked, frequency
-   caps counted from the ledger, the budget reserved atomically; allowed rows become ``sending``,
-   committed) → send → record ``sent`` / ``failed`` / ``in_doubt`` (committed; the cost of a message
-   not sent is given back) → heartbeat.
+   resent); new members get a row: ``held_out`` (the control group), ``suppressed(reason)`` (no channel
+   of the campaign allowed by consent with an address) or ``planned``; each planned row goes to the
+   first channel of the campaign's order that the member allows, has an address on, and whose send
+   window and quiet hours are open now (``campaigns.channel_choice``); when none is open the row stays
+   planned with reason ``outside_window`` and ``due_at`` = when the first of them opens;
+2. per chunk: render for the row's channel → claim (one transaction, the campaign row locked: consent
+   re-checked, frequency caps counted from the ledger, the budget reserved atomically; allowed rows
+   become ``sending``, committed) → send (``activities.sending``: the program's adapter per channel,
+   paced by the account's shared rate limit) → record ``sent`` / ``queued`` / ``failed`` / ``in_doubt``
+   (committed; the cost of a message not sent is given back) → heartbeat.
+3. fallback: a permanent failure on one channel (bad number, bot blocked, no device left, a template
+   the channel cannot render) moves the row back to ``planned`` on the member's next channel, with the
+   failed attempt kept in ``delivery.attempts``; it is sent in the same activity when its window is open.
 
 So a retried or re-run batch never sends a message twice, spent never exceeds the limit with any
 number of workers, and a crash leaves at most one chunk in doubt. Members the budget does not reach
 stay ``planned`` with reason ``budget_exhausted``: raising the budget sends them.
-This module is the one place that maps channel errors to Temporal ``ApplicationError``.
+This module is the one place that maps channel outcomes to delivery states and Temporal errors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, func, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.messages import CampaignInfo, MessageBuilder, Target
+from activities.sending import Sender, SendOutcome
 from campaigns import schedule
 from campaigns.audience import audience_clause
-from campaigns.costs import affordable, message_cost, unit_costs
+from campaigns.channel_choice import Contacts, candidates, pick, tried_channels
+from campaigns.costs import affordable, unit_costs
 from campaigns.followups import followup_clause
 from campaigns.holdout import held_out
 from campaigns.rules import CapScope, FrequencyCap, daily_window, program_rules, quiet_hours_for
 from campaigns.spec import CampaignSpec
-from channels.base import (
-    InDoubtChannelError,
-    OutboundMessage,
-    PermanentChannelError,
-    RateLimited,
-    TransientChannelError,
-)
-from channels.email_smtp import SmtpEmailChannel
+from channels.base import OutboundMessage
+from channels.registry import ChannelRegistry, Route
+from channels.ratelimit import SharedRateLimiter
+from channels.whatsapp_twilio import session_open
 from consent import ledger
-from consent.policy import CHANNEL_WIDE, SERVICE_TOPIC, Decision, SuppressReason, decide
-from consent.tokens import UNSUBSCRIBE, UNSUBSCRIBE_TTL_S, Signer
+from consent.policy import CHANNEL_WIDE, SERVICE_TOPIC, decide
+from consent.tokens import Signer
+from members.profile import address_lines
 from storage.db import insert_ignore, session_scope
 from storage.tables import (
     Campaign,
+    Card,
     ConsentAction,
     ConsentSource,
     Delivery,
@@ -63,6 +70,7 @@ from storage.tables import (
     Event,
     Member,
     Program,
+    PushToken,
     utcnow,
 )
 from templates.render import Renderer, TemplateProblem
@@ -83,16 +91,22 @@ from workflows.contracts import (
     StatusChange,
 )
 
-FINISHED = {DeliveryStatus.sent, DeliveryStatus.delivered, DeliveryStatus.failed,
+FINISHED = {DeliveryStatus.sent, DeliveryStatus.delivered, DeliveryStatus.failed, DeliveryStatus.queued,
             DeliveryStatus.suppressed, DeliveryStatus.held_out, DeliveryStatus.in_doubt}
-COUNTED_BY_CAPS = (DeliveryStatus.sending, DeliveryStatus.sent, DeliveryStatus.delivered, DeliveryStatus.in_doubt)
+COUNTED_BY_CAPS = (DeliveryStatus.sending, DeliveryStatus.queued, DeliveryStatus.sent, DeliveryStatus.delivered,
+                   DeliveryStatus.in_doubt)
 CONTROL = "control"
 CAPPED = "frequency_cap"
 CANCELLED_BY_EVENT = "cancelled_by_event"
 ONCE_PER_MEMBER = "once_per_member"
 COOLDOWN = "cooldown"
-REACHED = (DeliveryStatus.sending, DeliveryStatus.sent, DeliveryStatus.delivered, DeliveryStatus.in_doubt)
+FALLBACK = "fallback"      # reason of a row moved to the member's next channel after a permanent failure
+REACHED = (DeliveryStatus.sending, DeliveryStatus.queued, DeliveryStatus.sent, DeliveryStatus.delivered,
+           DeliveryStatus.in_doubt)
 NO_WINDOW = "no_window"    # the send window and quiet hours never overlap for the member's time zone
+CHARGED = (DeliveryStatus.sent, DeliveryStatus.queued, DeliveryStatus.in_doubt)
+# who cut off an address, by channel, in the consent ledger
+REVOKED_BY = {"email": ConsentSource.bounce, "telegram": ConsentSource.telegram}
 
 
 # a page's members share a few time zones and one `now`: the window math (~0.3 ms) runs once per zone
@@ -101,6 +115,10 @@ _next_allowed = functools.lru_cache(maxsize=4096)(schedule.next_allowed)
 
 def parse_now(text: str | None) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC) if text else utcnow()
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    return dt if dt is None or dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -112,21 +130,22 @@ class CampaignContext:
     program: dict[str, Any]
     program_locale: str
     program_tz: str
-    channel: str
+    channels: tuple[str, ...]        # the fallback order
     costs: dict[str, Decimal]
     window: Any                      # schedule.DailyWindow | None
-    quiet: Any                       # schedule.QuietHours | None
+    quiet: dict[str, Any]            # channel → schedule.QuietHours | None
     caps: tuple[FrequencyCap, ...]
+    expires_at: str | None = None
 
+    @property
+    def channel(self) -> str:
+        """The first channel of the order."""
+        return self.channels[0]
 
-@dataclass(frozen=True, slots=True)
-class _Target:
-    delivery_id: int
-    member_id: int
-    email: str
-    locale: str
-    context: dict[str, Any]
-    step: str = "main"
+    def info(self) -> CampaignInfo:
+        return CampaignInfo(id=self.id, key=self.key, name=self.spec.name, program_id=self.program_id,
+                            program=self.program, template=self.spec.template_for, costs=self.costs,
+                            expires_at=self.expires_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +159,12 @@ class _Outcome:
     revoke_address: bool = False
     retry_after: float | None = None
     cost: Decimal = Decimal(0)
+    channel: str | None = None
+    locale: str | None = None
+    attempts: tuple[dict[str, Any], ...] | None = None   # the channels tried before, with their codes
+    due_at: datetime | None = None
+    dead_tokens: tuple[str, ...] = ()
+    fallback: bool = False           # planned again on the member's next channel after a permanent failure
 
 
 @dataclass
@@ -164,33 +189,40 @@ class _Tally:
         return Counts(audience=audience, sent=st[DeliveryStatus.sent], suppressed=st[DeliveryStatus.suppressed],
                       failed=st[DeliveryStatus.failed], in_doubt=st[DeliveryStatus.in_doubt],
                       already_done=already_done, held_out=st[DeliveryStatus.held_out],
-                      cost=str(self.cost), reasons=dict(self.reasons))
+                      cost=str(self.cost), reasons=dict(self.reasons), queued=st[DeliveryStatus.queued])
 
 
-@dataclass
-class _Claim:
-    allowed: list[tuple[Any, Decimal]]
-    denied: list[tuple[Any, str]]
-    unreached: list[Any]
+@dataclass(frozen=True, slots=True)
+class _Member:
+    """A recipient row of a page (or a due delivery) with what channel choice and rendering need."""
+
+    id: int
+    locale: str | None
+    time_zone: str | None
+    context: dict[str, Any]
+    contacts: Contacts
+    addresses: dict[str, str]
+    push_tokens: tuple[str, ...] = ()
+    whatsapp_open: bool = False
 
 
 class DeliveryActivities:
-    def __init__(self, *, engine: Engine, renderer: Renderer, email: SmtpEmailChannel, signer: Signer,
+    def __init__(self, *, engine: Engine, renderer: Renderer, registry: ChannelRegistry, signer: Signer,
                  base_url: str, unsubscribe_mailto: str, chunk_size: int = 100,
-                 final_attempt: int = 10) -> None:
+                 final_attempt: int = 10, limiter: SharedRateLimiter | None = None) -> None:
         self._engine = engine
         self._renderer = renderer
-        self._email = email
-        self._signer = signer
-        self._base_url = base_url.rstrip("/")
-        self._mailto = unsubscribe_mailto
+        self._registry = registry
+        self._messages = MessageBuilder(renderer=renderer, signer=signer, base_url=base_url,
+                                        unsubscribe_mailto=unsubscribe_mailto)
+        self._sender = Sender(limiter=limiter or SharedRateLimiter(engine))
         self._chunk = chunk_size
         self._final_attempt = final_attempt
         self._campaigns: dict[int, CampaignContext] = {}
         self._pg = engine.dialect.name == "postgresql"
 
     async def aclose(self) -> None:
-        await self._email.aclose()
+        await self._registry.aclose()
 
     # --- small activities -------------------------------------------------------------------
 
@@ -289,44 +321,60 @@ class DeliveryActivities:
         return DueResult(counts=tally.counts(), more=more and not tally.exhausted,
                          next_due=next_due.isoformat() if next_due else None, budget_exhausted=tally.exhausted)
 
-    async def _process(self, ctx: CampaignContext, targets: list[_Target], now: datetime, tally: _Tally,
+    async def _process(self, ctx: CampaignContext, targets: list[Target], now: datetime, tally: _Tally,
                        progress: Any) -> None:
         transient: list[_Outcome] = []
         retry_after: float | None = None
         final = activity.info().attempt >= self._final_attempt
-        for start in range(0, len(targets), self._chunk):
-            chunk = targets[start:start + self._chunk]
+        info = ctx.info()
+        queue = deque(targets)
+        handled = 0
+        while queue:
+            chunk = [queue.popleft() for _ in range(min(self._chunk, len(queue)))]
             if tally.exhausted:
                 await asyncio.to_thread(self._defer, [t.delivery_id for t in chunk], Deferral.budget_exhausted)
                 tally.add(DeliveryStatus.planned, Deferral.budget_exhausted, len(chunk))
+                handled += len(chunk)
                 continue
-            rendered: list[tuple[_Target, OutboundMessage, Decimal]] = []
+            rendered: list[tuple[Target, OutboundMessage, Decimal]] = []
             outcomes: list[_Outcome] = []
             for t in chunk:
                 try:
-                    msg = self._message(ctx, t)
+                    msg, cost = self._messages.build(info, t)
                 except TemplateProblem:
-                    outcomes.append(_Outcome(t.delivery_id, t.member_id, DeliveryStatus.failed, "render_error"))
+                    outcomes.append(self._fall_back(ctx, t, "render_error", now, reason="render_error"))
                     continue
-                rendered.append((t, msg, message_cost(ctx.channel, ctx.costs)))
+                rendered.append((t, msg, cost))
             claimed = await asyncio.to_thread(self._claim, ctx, rendered, now, tally)
-            for o in await asyncio.gather(*(self._send_one(t, msg, cost) for t, msg, cost in claimed)):
-                if o.status == DeliveryStatus.planned and final:  # deferred on every attempt: give up
-                    o = _Outcome(o.delivery_id, o.member_id, DeliveryStatus.failed, "transient", o.code,
-                                 cost=o.cost)
-                if o.status == DeliveryStatus.planned:           # transient: nothing sent, try later
+            routes = await asyncio.to_thread(self._routes, ctx, {t.channel for t, _, _ in claimed})
+            sent = await self._sender.send_all([(t, m) for t, m, _ in claimed], routes,
+                                               heartbeat=lambda: activity.heartbeat(handled))
+            by_id = {t.delivery_id: t for t in chunk}
+            for (t, _, cost), result in zip(claimed, sent, strict=True):
+                o = self._outcome(ctx, t, result, cost, now)
+                if o.status == DeliveryStatus.planned and not o.fallback and final:
+                    o = replace(o, status=DeliveryStatus.failed, reason="transient")  # deferred every attempt
+                if o.status == DeliveryStatus.planned and not o.fallback:   # nothing sent: try later
                     transient.append(o)
                     if o.retry_after:
                         retry_after = max(retry_after or 0.0, o.retry_after)
                 outcomes.append(o)
             for o in outcomes:
+                if o.fallback:
+                    if o.due_at is None:
+                        queue.append(self._retarget(ctx, by_id[o.delivery_id], o))
+                    else:
+                        tally.add(DeliveryStatus.planned, Deferral.outside_window)
+                    continue
                 if o.status != DeliveryStatus.planned:
-                    tally.add(o.status, o.reason if o.status != DeliveryStatus.sent else None)
-                if o.status in (DeliveryStatus.sent, DeliveryStatus.in_doubt):
+                    tally.add(o.status, o.reason if o.status not in (DeliveryStatus.sent, DeliveryStatus.queued)
+                              else None)
+                if o.status in CHARGED:
                     tally.cost += o.cost
             await asyncio.to_thread(self._record, ctx, outcomes)
-            progress(start + len(chunk))
-            activity.heartbeat(start + len(chunk))
+            handled += len(chunk)
+            progress(handled)
+            activity.heartbeat(handled)
         if transient:
             raise ApplicationError(
                 f"{len(transient)} message(s) deferred by the provider; the page will be retried",
@@ -336,6 +384,53 @@ class DeliveryActivities:
 
     def _after_chunk(self, inp: DeliverBatch, handled: int) -> None:
         """Called after each chunk's outcomes are committed (a seam for fault-injection tests)."""
+
+    def _routes(self, ctx: CampaignContext, channels: set[str]) -> dict[str, Route]:
+        return {c: self._registry.route(ctx.program_id, c) for c in channels}
+
+    def _outcome(self, ctx: CampaignContext, t: Target, so: SendOutcome, cost: Decimal, now: datetime) -> _Outcome:
+        """A channel's answer as the delivery's next state."""
+        base = _Outcome(t.delivery_id, t.member_id, DeliveryStatus.planned, code=so.code, cost=cost,
+                        channel=t.channel, locale=t.locale, dead_tokens=so.dead_tokens,
+                        revoke_address=so.revoke_address, attempts=t.attempts or None)
+        if so.kind in ("sent", "queued"):
+            status = DeliveryStatus.sent if so.kind == "sent" else DeliveryStatus.queued
+            return replace(base, status=status, provider_message_id=so.provider_message_id,
+                           reason="sandbox" if so.sandbox else None)
+        if so.kind == "in_doubt":
+            return replace(base, status=DeliveryStatus.in_doubt, reason="connection_lost")
+        if so.kind == "rate_limited":
+            return replace(base, reason="rate_limited", retry_after=so.retry_after)
+        if so.kind == "transient":
+            return replace(base, reason="transient")
+        return self._fall_back(ctx, t, so.code, now, cost=cost, revoke_address=so.revoke_address,
+                               dead_tokens=so.dead_tokens)
+
+    def _fall_back(self, ctx: CampaignContext, t: Target, code: str | None, now: datetime, *,
+                   reason: str = "permanent", cost: Decimal = Decimal(0), revoke_address: bool = False,
+                   dead_tokens: tuple[str, ...] = ()) -> _Outcome:
+        """A permanent failure on ``t.channel``: the member's next channel (now, or when its window
+        opens), else ``failed``."""
+        attempts = (*t.attempts, {"channel": t.channel, "code": code})
+        failed = _Outcome(t.delivery_id, t.member_id, DeliveryStatus.failed, reason, code, cost=cost,
+                          channel=t.channel, locale=t.locale, revoke_address=revoke_address,
+                          dead_tokens=dead_tokens, attempts=attempts if t.attempts else None)
+        tried = tried_channels(attempts)
+        left = [c for c in t.candidates if c not in tried]
+        if not left:
+            return failed
+        channel, when = pick(left, now, lambda c: self._window_opens(ctx, t.time_zone, now, c))
+        if channel is None:
+            return failed
+        return _Outcome(t.delivery_id, t.member_id, DeliveryStatus.planned, FALLBACK, code, cost=cost,
+                        channel=channel, locale=self.locale_for(ctx, t.step, t.member_locale, channel),
+                        revoke_address=revoke_address, dead_tokens=dead_tokens, attempts=attempts,
+                        due_at=None if when == now else when, fallback=True)
+
+    def _retarget(self, ctx: CampaignContext, t: Target, o: _Outcome) -> Target:
+        channel = o.channel or t.channel
+        return replace(t, channel=channel, locale=o.locale or t.locale, attempts=o.attempts or (),
+                       address=t.addresses.get(channel, ""))
 
     # --- who -----------------------------------------------------------------------------------
 
@@ -370,33 +465,124 @@ class DeliveryActivities:
             assert program is not None
             spec = CampaignSpec.model_validate(row.spec)
             rules = program_rules(program.settings)
-            channel = spec.channels[0].value
+            channels = tuple(c.value for c in spec.channels)
             caps = [*spec.caps]
             if spec.topic != SERVICE_TOPIC:
                 caps += [c for c in rules.caps if c.scope == CapScope.program]
             ctx = CampaignContext(
                 id=campaign_id, key=row.key, program_id=row.program_id, spec=spec,
                 program={"key": program.key, "name": program.name, "currency": program.currency},
-                program_locale=program.default_locale, program_tz=program.time_zone, channel=channel,
+                program_locale=program.default_locale, program_tz=program.time_zone, channels=channels,
                 costs=unit_costs(rules.unit_costs), window=daily_window(spec.send_window),
-                quiet=quiet_hours_for(rules, channel), caps=tuple(caps),
+                quiet={c: quiet_hours_for(rules, c) for c in channels}, caps=tuple(caps),
+                expires_at=spec.end_at.isoformat() if spec.end_at else None,
             )
         self._campaigns[campaign_id] = ctx
         return ctx
 
+    def _members(self, s: Session, ctx: CampaignContext, where: Sequence[Any], now: datetime) -> list[_Member]:
+        """The recipients matching ``where``, with the contacts the campaign's channels need (one query,
+        plus one for push tokens and one for cards when the campaign has those channels)."""
+        wanted = set(ctx.channels)
+        cols: list[Any] = [Member.id, Member.email, Member.locale, Member.first_name, Member.last_name,
+                           Member.kind, Member.time_zone, Member.attributes]
+        if wanted & {"sms", "whatsapp"}:
+            cols.append(Member.phone)
+        if "whatsapp" in wanted:
+            cols.append(Member.whatsapp_inbound_at)
+        if "telegram" in wanted:
+            cols.append(Member.telegram_chat_id)
+        if "direct_mail" in wanted:
+            cols.append(Member.postal_address)
+        rows = list(s.execute(select(*cols).where(*where).order_by(Member.id)))
+        ids = [r.id for r in rows]
+        tokens: dict[int, list[str]] = {}
+        if "push" in wanted and ids:
+            for mid, token in s.execute(select(PushToken.member_id, PushToken.token)
+                                        .where(PushToken.member_id.in_(ids)).order_by(PushToken.id)):  # type: ignore[attr-defined]
+                tokens.setdefault(mid, []).append(token)
+        carded: set[int] = set()
+        if "receipt" in wanted and ids:
+            carded = set(s.scalars(select(Card.member_id).where(Card.member_id.in_(ids),  # type: ignore[attr-defined]
+                                                                Card.status == "active")))
+        out: list[_Member] = []
+        for r in rows:
+            m = r._mapping
+            postal = address_lines(m.get("postal_address"), r.first_name, r.last_name) \
+                if m.get("postal_address") else []
+            phone = m.get("phone")
+            addresses = {"email": r.email or "", "sms": phone or "", "whatsapp": phone or "",
+                         "telegram": m.get("telegram_chat_id") or "", "direct_mail": "\n".join(postal)}
+            out.append(_Member(
+                id=r.id, locale=r.locale, time_zone=r.time_zone,
+                context={"member": {**(r.attributes or {}), "first_name": r.first_name,
+                                    "last_name": r.last_name, "kind": r.kind, "locale": r.locale}},
+                contacts=Contacts(email=r.email, phone=phone, telegram_chat_id=m.get("telegram_chat_id"),
+                                  push_tokens=len(tokens.get(r.id, ())), has_card=r.id in carded,
+                                  postal=bool(postal)),
+                addresses=addresses, push_tokens=tuple(tokens.get(r.id, ())),
+                whatsapp_open=session_open(_aware(m.get("whatsapp_inbound_at")), now)))
+        return out
+
+    def _states(self, s: Session, ctx: CampaignContext, member_ids: list[int]) -> dict[str, dict[int, dict[str, str]]]:
+        """channel → member → {topic: status}, for the campaign's channels."""
+        return {c: ledger.states_for(session=s, member_ids=member_ids, channel=c) for c in ctx.channels}
+
+    def initial_row(self, ctx: CampaignContext, step: str, m: _Member,
+                    states: dict[str, dict[int, dict[str, str]]]) -> tuple[str, str | None, str, str]:
+        """(status, reason, channel, locale) of a new delivery row: held out, suppressed or planned on the
+        member's first possible channel."""
+        if ctx.spec.holdout and held_out(ctx.key, m.id, ctx.spec.holdout):
+            return DeliveryStatus.held_out, CONTROL, ctx.channel, self.locale_for(ctx, step, m.locale, ctx.channel)
+        choice = self._candidates(ctx, m, states, ())
+        channel = choice.channels[0] if choice.channels else ctx.channel
+        locale = self.locale_for(ctx, step, m.locale, channel)
+        if not choice.channels:
+            return DeliveryStatus.suppressed, choice.reason, channel, locale
+        return DeliveryStatus.planned, None, channel, locale
+
+    def initial_rows(self, s: Session, ctx: CampaignContext, step: str, member_ids: Sequence[int],
+                     now: datetime) -> dict[int, tuple[str, str | None, str, str]]:
+        """``initial_row`` for each member of ``member_ids`` (triggered campaigns create rows this way)."""
+        members = self._members(s, ctx, [Member.id.in_(list(member_ids))], now)  # type: ignore[attr-defined]
+        states = self._states(s, ctx, [m.id for m in members])
+        return {m.id: self.initial_row(ctx, step, m, states) for m in members}
+
+    def _candidates(self, ctx: CampaignContext, m: _Member, states: dict[str, dict[int, dict[str, str]]],
+                    tried: Sequence[str]) -> Any:
+        return candidates(ctx.channels, topic=ctx.spec.topic, contacts=m.contacts,
+                          states={c: states.get(c, {}).get(m.id, {}) for c in ctx.channels}, tried=tried)
+
+    def _route(self, ctx: CampaignContext, step: str, delivery_id: int, m: _Member,
+               states: dict[str, dict[int, dict[str, str]]], attempts: Any,
+               now: datetime) -> tuple[Target | None, datetime | None, str | None]:
+        """(target, when, reason): where a planned row goes now. ``when`` is ``now`` to send now, a later
+        time to wait for a window, None with a reason when no channel is left (suppressed)."""
+        tried = tried_channels(attempts)
+        choice = self._candidates(ctx, m, states, tried)
+        if not choice.channels:
+            return None, None, choice.reason
+        channel, when = pick(choice.channels, now, lambda c: self._window_opens(ctx, m.time_zone, now, c))
+        if channel is None:
+            return None, None, NO_WINDOW
+        target = Target(
+            delivery_id=delivery_id, member_id=m.id, channel=channel,
+            locale=self.locale_for(ctx, step, m.locale, channel), context=m.context, step=step,
+            address=m.addresses.get(channel, ""), addresses=m.addresses, push_tokens=m.push_tokens,
+            session_open=m.whatsapp_open, candidates=choice.channels,
+            attempts=tuple(a for a in (attempts or []) if isinstance(a, dict)), time_zone=m.time_zone,
+            member_locale=m.locale)
+        return target, when, None
+
     def _prepare(self, ctx: CampaignContext, inp: DeliverBatch, now: datetime,
-                 tally: _Tally) -> tuple[Counter[str], list[_Target]]:
+                 tally: _Tally) -> tuple[Counter[str], list[Target]]:
         counts: Counter[str] = Counter()
         key = (Delivery.campaign_id == ctx.id, Delivery.step == inp.step, Delivery.occurrence == inp.occurrence,
                Delivery.member_id > inp.after, Delivery.member_id <= inp.upto)  # type: ignore[operator]
         who = (self._pending(ctx, inp.step, inp.occurrence) if inp.pending_only
                else self._recipients(ctx, inp.step, inp.occurrence, now))
         with session_scope(self._engine) as s:
-            members = list(s.execute(
-                select(Member.id, Member.email, Member.locale, Member.first_name, Member.last_name,
-                       Member.kind, Member.time_zone, Member.attributes)
-                .where(who, Member.id > inp.after, Member.id <= inp.upto)  # type: ignore[operator]
-                .order_by(Member.id)))
+            members = self._members(s, ctx, [who, Member.id > inp.after, Member.id <= inp.upto], now)  # type: ignore[operator]
             counts["audience"] = 0 if inp.pending_only else len(members)
             # rows a crashed attempt left `sending`: the provider may have the message → in doubt
             interrupted = set(s.scalars(select(Delivery.member_id).where(
@@ -405,49 +591,54 @@ class DeliveryActivities:
                 s.execute(update(Delivery).where(*key, Delivery.status == DeliveryStatus.sending)
                           .values(status=DeliveryStatus.in_doubt, reason="interrupted", updated_at=utcnow()))
                 tally.add(DeliveryStatus.in_doubt, "interrupted", len(interrupted))
-            existing = {m: (d, st) for d, m, st in s.execute(
-                select(Delivery.id, Delivery.member_id, Delivery.status).where(*key))}
-            states = ledger.states_for(session=s, member_ids=[m.id for m in members if m.id not in existing],
-                                       channel=ctx.channel)
-            locales = {m.id: self.locale_for(ctx, inp.step, m.locale) for m in members}
+
+            def existing_rows() -> dict[int, tuple[int, str, Any]]:
+                return {m: (d, st, att) for d, m, st, att in s.execute(
+                    select(Delivery.id, Delivery.member_id, Delivery.status, Delivery.attempts).where(*key))}
+
+            existing = existing_rows()
+            states = self._states(s, ctx, [m.id for m in members])
             new_rows: list[dict[str, Any]] = []
             for m in members:
                 if m.id in existing:
                     continue
-                status, reason = self.first_decision(ctx, m, states.get(m.id, {}))
+                status, reason, channel, locale = self.initial_row(ctx, inp.step, m, states)
                 new_rows.append({
                     "campaign_id": ctx.id, "member_id": m.id, "step": inp.step, "occurrence": inp.occurrence,
-                    "status": status, "reason": reason, "channel": ctx.channel,
-                    "locale": locales[m.id], "created_at": utcnow(), "updated_at": utcnow(),
+                    "status": status, "reason": reason, "channel": channel,
+                    "locale": locale, "created_at": utcnow(), "updated_at": utcnow(),
                 })
                 if status != DeliveryStatus.planned:
                     tally.add(status, reason)
             if new_rows:
                 s.execute(insert_ignore(s, Delivery.__table__, ["campaign_id", "member_id", "step", "occurrence"]),
                           new_rows)
-                existing = {m: (d, st) for d, m, st in s.execute(
-                    select(Delivery.id, Delivery.member_id, Delivery.status).where(*key))}
+                existing = existing_rows()
             new_ids = {r["member_id"] for r in new_rows}
-            targets: list[_Target] = []
+            targets: list[Target] = []
             waiting: dict[datetime | None, list[int]] = {}
+            gone: dict[str, list[int]] = {}
             for m in members:
-                delivery_id, status = existing[m.id]
+                delivery_id, status, attempts = existing[m.id]
                 if status in FINISHED:
                     if m.id not in new_ids and m.id not in interrupted:
                         counts["already_done"] += 1
                     continue
                 if status != DeliveryStatus.planned:  # pragma: no cover - sending was turned in_doubt above
                     continue
-                opens = self._window_opens(ctx, m.time_zone, now)
-                if opens != now:
-                    waiting.setdefault(opens, []).append(delivery_id)
-                    continue
-                targets.append(self._target(ctx, inp.step, delivery_id, m, locales[m.id]))
+                target, when, reason = self._route(ctx, inp.step, delivery_id, m, states, attempts, now)
+                if target is None:
+                    gone.setdefault(reason or NO_WINDOW, []).append(delivery_id)
+                elif when != now:
+                    waiting.setdefault(when, []).append(delivery_id)
+                else:
+                    targets.append(target)
+            self._suppress(s, gone, tally)
             self._wait_for_windows(s, waiting, tally)
         return counts, targets
 
     def _prepare_due(self, ctx: CampaignContext, inp: DeliverDue, now: datetime,
-                     tally: _Tally) -> tuple[list[_Target], bool, datetime | None]:
+                     tally: _Tally) -> tuple[list[Target], bool, datetime | None]:
         # rows the budget missed are included: the workflow only asks again once the budget was changed
         due = (Delivery.due_at.is_(None)) | (Delivery.due_at <= now)  # type: ignore[union-attr,operator]
         base = (Delivery.campaign_id == ctx.id, Delivery.status == DeliveryStatus.planned)
@@ -455,9 +646,7 @@ class DeliveryActivities:
             rows = list(s.execute(
                 # labelled: a bare `r.id` would be the delivery's id, not the member's
                 select(Delivery.id.label("delivery_id"), Delivery.step, Delivery.occurrence,  # type: ignore[union-attr]
-                       Member.id.label("id"), Member.email, Member.locale,  # type: ignore[union-attr]
-                       Member.first_name, Member.last_name, Member.kind, Member.time_zone, Member.attributes)
-                .join(Member, Member.id == Delivery.member_id)
+                       Delivery.attempts, Delivery.member_id.label("id"))  # type: ignore[attr-defined]
                 .where(*base, due).order_by(Delivery.id).limit(inp.limit + 1)))
             more = len(rows) > inp.limit
             rows = rows[:inp.limit]
@@ -473,25 +662,39 @@ class DeliveryActivities:
                           .values(status=DeliveryStatus.suppressed, reason=reason, updated_at=utcnow()))
                 tally.add(DeliveryStatus.suppressed, reason, len(repeated))
                 cancelled |= repeated
-            events = self._trigger_events(s, ctx, [r.occurrence for r in rows if r.delivery_id not in cancelled])
-            targets: list[_Target] = []
+            live = [r for r in rows if r.delivery_id not in cancelled]
+            events = self._trigger_events(s, ctx, [r.occurrence for r in live])
+            members = {m.id: m for m in self._members(
+                s, ctx, [Member.id.in_({r.id for r in live})], now)}  # type: ignore[attr-defined]
+            states = self._states(s, ctx, list(members))
+            targets: list[Target] = []
             waiting: dict[datetime | None, list[int]] = {}
-            for r in rows:
-                if r.delivery_id in cancelled:
+            gone: dict[str, list[int]] = {}
+            for r in live:
+                m = members.get(r.id)
+                if m is None:  # pragma: no cover - members are never deleted while deliveries point at them
                     continue
-                opens = self._window_opens(ctx, r.time_zone, now)
-                if opens != now:
-                    waiting.setdefault(opens, []).append(r.delivery_id)
-                    continue
-                target = self._target(ctx, r.step, r.delivery_id, r, self.locale_for(ctx, r.step, r.locale))
-                if r.occurrence in events:  # the reaction's event: templates may say what was bought
-                    target.context["event"] = events[r.occurrence]
-                targets.append(target)
+                target, when, reason = self._route(ctx, r.step, r.delivery_id, m, states, r.attempts, now)
+                if target is None:
+                    gone.setdefault(reason or NO_WINDOW, []).append(r.delivery_id)
+                elif when != now:
+                    waiting.setdefault(when, []).append(r.delivery_id)
+                else:
+                    if r.occurrence in events:  # the reaction's event: templates may say what was bought
+                        target = replace(target, context={**target.context, "event": events[r.occurrence]})
+                    targets.append(target)
+            self._suppress(s, gone, tally)
             self._wait_for_windows(s, waiting, tally)
             next_due = s.scalar(select(func.min(Delivery.due_at)).where(*base, Delivery.due_at > now))  # type: ignore[operator]
-        if next_due is not None and next_due.tzinfo is None:
-            next_due = next_due.replace(tzinfo=UTC)
-        return targets, more, next_due
+        return targets, more, _aware(next_due)
+
+    def _suppress(self, s: Session, by_reason: dict[str, list[int]], tally: _Tally) -> None:
+        """Planned rows whose member has no channel left (consent revoked, address gone since)."""
+        for reason, ids in by_reason.items():
+            s.execute(update(Delivery).where(Delivery.id.in_(ids),  # type: ignore[union-attr]
+                                             Delivery.status == DeliveryStatus.planned)
+                      .values(status=DeliveryStatus.suppressed, reason=reason, updated_at=utcnow()))
+            tally.add(DeliveryStatus.suppressed, reason, len(ids))
 
     def _wait_for_windows(self, s: Session, waiting: dict[datetime | None, list[int]], tally: _Tally) -> None:
         """Rows outside their window stay planned until it opens (``due_at``); never-opening ones are dropped."""
@@ -554,28 +757,16 @@ class DeliveryActivities:
                 *event_conditions(later.c.payload, trigger.cancel_if.where)).exists()))
         return {by_occurrence[occ] for occ, in found}
 
-    def first_decision(self, ctx: CampaignContext, m: Any, states: dict[str, str]) -> tuple[str, str | None]:
-        if ctx.spec.holdout and held_out(ctx.key, m.id, ctx.spec.holdout):
-            return DeliveryStatus.held_out, CONTROL
-        decision = decide(states, topic=ctx.spec.topic)
-        if decision.allowed and not m.email:
-            decision = Decision(False, SuppressReason.no_address)
-        if decision.allowed:
-            return DeliveryStatus.planned, None
-        return DeliveryStatus.suppressed, decision.reason
-
-    def _window_opens(self, ctx: CampaignContext, tz: str | None, now: datetime) -> datetime | None:
-        """``now`` when the member may be sent now, else when their window opens (None: never)."""
-        if ctx.window is None and ctx.quiet is None:
+    def _window_opens(self, ctx: CampaignContext, tz: str | None, now: datetime, channel: str) -> datetime | None:
+        """``now`` when the member may be sent on ``channel`` now, else when its window opens (None: never)."""
+        quiet = ctx.quiet.get(channel)
+        if ctx.window is None and quiet is None:
             return now
-        return _next_allowed(now, tz or ctx.program_tz, ctx.window, ctx.quiet)
+        return _next_allowed(now, tz or ctx.program_tz, ctx.window, quiet)
 
-    def _target(self, ctx: CampaignContext, step: str, delivery_id: int, m: Any, locale: str) -> _Target:
-        return _Target(
-            delivery_id=delivery_id, member_id=m.id, email=m.email or "", locale=locale, step=step,
-            context={"member": {**(m.attributes or {}), "first_name": m.first_name,
-                                "last_name": m.last_name, "kind": m.kind, "locale": m.locale}},
-        )
+    def locale_for(self, ctx: CampaignContext, step: str, member_locale: str | None, channel: str = "email") -> str:
+        return self._renderer.resolve_locale(ctx.spec.template_for(step), member_locale,
+                                             ctx.spec.locale_default or ctx.program_locale, channel=channel)
 
     def _defer(self, ids: list[int], reason: str) -> None:
         with session_scope(self._engine) as s:
@@ -587,8 +778,8 @@ class DeliveryActivities:
                                              Delivery.status == DeliveryStatus.planned)
                       .values(reason=reason, due_at=due_at, updated_at=utcnow()))
 
-    def _claim(self, ctx: CampaignContext, items: Sequence[tuple[_Target, OutboundMessage, Decimal]],
-               now: datetime, tally: _Tally) -> list[tuple[_Target, OutboundMessage, Decimal]]:
+    def _claim(self, ctx: CampaignContext, items: Sequence[tuple[Target, OutboundMessage, Decimal]],
+               now: datetime, tally: _Tally) -> list[tuple[Target, OutboundMessage, Decimal]]:
         """One transaction, the campaign row locked: consent re-checked, caps counted, budget reserved;
         the allowed rows become `sending` (committed)."""
         if not items:
@@ -601,12 +792,13 @@ class DeliveryActivities:
             if self._pg:  # caps across campaigns: one claimer per member at a time
                 s.execute(select(Member.id).where(Member.id.in_(member_ids))  # type: ignore[union-attr]
                           .order_by(Member.id).with_for_update())
-            states = ledger.states_for(session=s, member_ids=member_ids, channel=ctx.channel)
+            states = {c: ledger.states_for(session=s, member_ids=member_ids, channel=c)
+                      for c in {t.channel for t, _, _ in items}}
             capped = self._capped(s, ctx, member_ids, now)
             allowed, denied = [], []
             for item in items:
                 t = item[0]
-                decision = decide(states.get(t.member_id, {}), topic=ctx.spec.topic)
+                decision = decide(states[t.channel].get(t.member_id, {}), topic=ctx.spec.topic, channel=t.channel)
                 if not decision.allowed:
                     denied.append((t, str(decision.reason)))
                 elif t.member_id in capped:
@@ -615,7 +807,7 @@ class DeliveryActivities:
                     allowed.append(item)
             limit, spent = s.execute(select(Campaign.budget_limit, Campaign.budget_spent)
                                      .where(Campaign.id == ctx.id)).one()
-            unreached: list[tuple[_Target, OutboundMessage, Decimal]] = []
+            unreached: list[tuple[Target, OutboundMessage, Decimal]] = []
             if limit is not None:
                 k = affordable([c for _, _, c in allowed], Decimal(limit) - Decimal(spent))
                 allowed, unreached = allowed[:k], allowed[k:]
@@ -626,7 +818,8 @@ class DeliveryActivities:
             for t, reason in denied:
                 s.execute(update(Delivery).where(Delivery.id == t.delivery_id,  # type: ignore[arg-type]
                                                  Delivery.status == DeliveryStatus.planned)
-                          .values(status=DeliveryStatus.suppressed, reason=reason, updated_at=utcnow()))
+                          .values(status=DeliveryStatus.suppressed, reason=reason, channel=t.channel,
+                                  updated_at=utcnow()))
                 tally.add(DeliveryStatus.suppressed, reason)
             if unreached:
                 self._defer_rows(s, [t.delivery_id for t, _, _ in unreached], Deferral.budget_exhausted)
@@ -638,8 +831,8 @@ class DeliveryActivities:
                 s.connection().execute(
                     update(table).where(table.c.id == bindparam("b_id"), table.c.status == DeliveryStatus.planned)
                     .values(status=DeliveryStatus.sending, reason=None, cost=bindparam("b_cost"),
-                            sent_at=now, updated_at=utcnow()),
-                    [{"b_id": t.delivery_id, "b_cost": c} for t, _, c in allowed])
+                            channel=bindparam("b_channel"), sent_at=now, updated_at=utcnow()),
+                    [{"b_id": t.delivery_id, "b_cost": c, "b_channel": t.channel} for t, _, c in allowed])
                 ids = [t.delivery_id for t, _, _ in allowed]
                 claimed = set(s.scalars(select(Delivery.id).where(
                     Delivery.id.in_(ids), Delivery.status == DeliveryStatus.sending)))  # type: ignore[union-attr]
@@ -666,76 +859,46 @@ class DeliveryActivities:
             capped.update(s.scalars(q))
         return capped
 
-    async def _send_one(self, t: _Target, msg: OutboundMessage, cost: Decimal) -> _Outcome:
-        try:
-            receipt = await self._email.send(msg)
-        except PermanentChannelError as exc:
-            return _Outcome(t.delivery_id, t.member_id, DeliveryStatus.failed, "permanent", exc.code,
-                            revoke_address=exc.revoke_address, cost=cost)
-        except InDoubtChannelError as exc:
-            return _Outcome(t.delivery_id, t.member_id, DeliveryStatus.in_doubt, "connection_lost", exc.code,
-                            cost=cost)
-        except RateLimited as exc:
-            return _Outcome(t.delivery_id, t.member_id, DeliveryStatus.planned, "rate_limited", exc.code,
-                            retry_after=exc.retry_after, cost=cost)
-        except TransientChannelError as exc:
-            return _Outcome(t.delivery_id, t.member_id, DeliveryStatus.planned, "transient", exc.code, cost=cost)
-        return _Outcome(t.delivery_id, t.member_id, DeliveryStatus.sent,
-                        provider_message_id=receipt.provider_message_id, cost=cost)
-
-    def _message(self, ctx: CampaignContext, t: _Target) -> OutboundMessage:
-        token = self._signer.sign(UNSUBSCRIBE, {"d": t.delivery_id}, ttl_s=UNSUBSCRIBE_TTL_S)
-        url = f"{self._base_url}/u/{token}"
-        rendered = self._renderer.render_email(
-            ctx.spec.template_for(t.step), t.locale,
-            {**t.context, "program": ctx.program, "campaign": {"key": ctx.spec.key, "name": ctx.spec.name},
-             "unsubscribe_url": url},
-        )
-        return OutboundMessage(
-            delivery_id=t.delivery_id, to=t.email, subject=rendered.subject, text=rendered.text,
-            html=rendered.html, message_id=f"<d{t.delivery_id}.c{ctx.id}@{self._email_domain()}>",
-            headers={
-                "List-Unsubscribe": f"<{url}>, <mailto:{self._mailto}?subject=unsubscribe%20{token}>",
-                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-                "X-Clarion-Campaign": ctx.spec.key,
-            },
-        )
-
-    def _email_domain(self) -> str:
-        return self._mailto.rsplit("@", 1)[-1]
-
-    def locale_for(self, ctx: CampaignContext, step: str, member_locale: str | None) -> str:
-        return self._renderer.resolve_locale(ctx.spec.template_for(step), member_locale,
-                                             ctx.spec.locale_default or ctx.program_locale)
-
     def _record(self, ctx: CampaignContext, outcomes: Sequence[_Outcome]) -> None:
-        """Outcomes of a chunk in one transaction (executemany); transient ones go back to `planned`.
-        The cost reserved for a message that was not sent (failed, deferred) is given back."""
+        """Outcomes of a chunk in one transaction (executemany); transient ones and fallbacks go back to
+        `planned`. The cost reserved for a message that was not sent (failed, deferred) is given back.
+        An address the provider says is dead is cut off in the consent ledger (a push token is deleted)."""
+        from sqlalchemy import JSON
+
         table = Delivery.__table__
         stmt = (update(table).where(table.c.id == bindparam("b_id"),
                                     (table.c.status == DeliveryStatus.sending)
                                     | (table.c.status == DeliveryStatus.planned))
                 .values(status=bindparam("b_status"), reason=bindparam("b_reason"),
                         error_code=bindparam("b_code"), provider_message_id=bindparam("b_pmid"),
-                        cost=bindparam("b_cost"), updated_at=utcnow()))
+                        cost=bindparam("b_cost"), channel=bindparam("b_channel"), locale=bindparam("b_locale"),
+                        attempts=bindparam("b_attempts", type_=JSON), due_at=bindparam("b_due"),
+                        updated_at=utcnow()))
         params, refund = [], Decimal(0)
         for o in outcomes:
-            charged = o.status in (DeliveryStatus.sent, DeliveryStatus.in_doubt)
+            charged = o.status in CHARGED
             if not charged:
                 refund += o.cost
             params.append({"b_id": o.delivery_id, "b_status": str(o.status), "b_reason": o.reason,
                            "b_code": o.code, "b_pmid": o.provider_message_id,
-                           "b_cost": o.cost if charged else None})
+                           "b_cost": o.cost if charged else None, "b_channel": o.channel, "b_locale": o.locale,
+                           "b_attempts": list(o.attempts) if o.attempts else None, "b_due": o.due_at})
         with session_scope(self._engine) as s:
             if params:
                 s.connection().execute(stmt, params)
             if refund:
                 s.execute(update(Campaign).where(Campaign.id == ctx.id)  # type: ignore[arg-type]
                           .values(budget_spent=Campaign.budget_spent - refund))
-            bounced = [o for o in outcomes if o.revoke_address]
+            failed_channel = {o.delivery_id: (o.attempts[-1]["channel"] if o.fallback and o.attempts else o.channel)
+                              for o in outcomes if o.revoke_address}
             ledger.record(session=s, program_id=ctx.program_id, acts=[
-                ledger.ConsentAct(member_id=o.member_id, channel=ctx.channel, topic=CHANNEL_WIDE,
-                                  action=ConsentAction.suppressed, source=ConsentSource.bounce,
+                ledger.ConsentAct(member_id=o.member_id, channel=failed_channel[o.delivery_id] or ctx.channel,
+                                  topic=CHANNEL_WIDE, action=ConsentAction.suppressed,
+                                  source=REVOKED_BY.get(failed_channel[o.delivery_id] or "", ConsentSource.provider),
                                   campaign_id=ctx.id)
-                for o in bounced
+                for o in outcomes if o.revoke_address and failed_channel[o.delivery_id] != "push"
             ])
+            for o in outcomes:
+                if o.dead_tokens:
+                    s.execute(delete(PushToken).where(PushToken.member_id == o.member_id,  # type: ignore[arg-type]
+                                                      PushToken.token.in_(o.dead_tokens)))  # type: ignore[attr-defined]

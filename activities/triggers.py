@@ -27,7 +27,6 @@ from campaigns import schedule
 from campaigns.audience import audience_clause
 from campaigns.spec import TimeTrigger
 from campaigns.triggers import event_conditions
-from consent import ledger
 from storage.db import insert_ignore, session_scope
 from storage.tables import Delivery, DeliveryStatus, Event, Member, utcnow
 from workflows.contracts import MatchEvents, MatchResult
@@ -160,9 +159,7 @@ class TriggerActivities:
                 existing_occ.add((mid, occ))
                 created = _aware(created)
                 latest[mid] = max(latest.get(mid, created), created)
-        members = {m.id: m for m in s.execute(
-            select(Member.id, Member.email, Member.locale).where(Member.id.in_(member_ids)))}  # type: ignore[attr-defined]
-        states = ledger.states_for(session=s, member_ids=member_ids, channel=ctx.channel)
+        initial = self._delivery.initial_rows(s, ctx, "main", member_ids, now)
         rows: list[dict[str, Any]] = []
         taken: set[int] = set()
         for occurrence, mid, due in candidates:
@@ -173,10 +170,9 @@ class TriggerActivities:
                                       (trigger.cooldown is not None and now - latest[mid] < trigger.cooldown)):
                     continue
                 taken.add(mid)
-            status, reason = self._delivery.first_decision(ctx, members[mid], states.get(mid, {}))
+            status, reason, channel, locale = initial[mid]
             rows.append({"campaign_id": ctx.id, "member_id": mid, "step": "main", "occurrence": occurrence,
-                         "status": status, "reason": reason, "channel": ctx.channel,
-                         "locale": self._delivery.locale_for(ctx, "main", members[mid].locale),
+                         "status": status, "reason": reason, "channel": channel, "locale": locale,
                          "due_at": due, "created_at": now, "updated_at": utcnow()})
         if not rows:
             return 0

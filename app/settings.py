@@ -46,10 +46,14 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_connections: int = Field(default=4, ge=1, le=64)
     smtp_timeout_s: float = 30.0
+    smtp_rate_per_s: float | None = Field(default=None, gt=0, description="messages/s through the relay, all workers")
     email_from: str = "Clarion Demo <news@clarion.example>"
     unsubscribe_mailto: str = "unsubscribe@clarion.example"
     # the embedded local mail server of `clarion up` (stores what it receives in var_dir/mail)
     mailbox_enabled: bool = True
+
+    # provider accounts (`clarion channels set`) are read again after this many seconds
+    channel_refresh_s: float = Field(default=30.0, ge=0, le=3600)
 
     # broadcast tuning
     page_size: int = Field(default=500, ge=1, le=5000)

@@ -11,6 +11,7 @@ from activities.delivery import DeliveryActivities
 from activities.triggers import TriggerActivities
 from app.settings import Settings
 from channels.email_smtp import SmtpConfig, SmtpEmailChannel
+from channels.registry import ChannelRegistry
 from consent.tokens import Signer
 from storage.db import make_engine
 from templates.render import Renderer
@@ -33,10 +34,16 @@ def signer(settings: Settings) -> Signer:
     return Signer(settings.signing_secret.get_secret_value().encode())
 
 
+def channel_registry(settings: Settings, engine: Engine) -> ChannelRegistry:
+    return ChannelRegistry(engine=engine, email=email_channel(settings), public_base_url=settings.base_url,
+                           refresh_s=settings.channel_refresh_s, email_rate_per_s=settings.smtp_rate_per_s)
+
+
 def delivery_activities(settings: Settings, *, engine: Engine | None = None,
                         cls: type[DeliveryActivities] = DeliveryActivities) -> DeliveryActivities:
+    engine = engine or make_engine(settings.db_url)
     return cls(
-        engine=engine or make_engine(settings.db_url), renderer=Renderer(), email=email_channel(settings),
+        engine=engine, renderer=Renderer(), registry=channel_registry(settings, engine),
         signer=signer(settings), base_url=settings.base_url, unsubscribe_mailto=settings.unsubscribe_mailto,
     )
 

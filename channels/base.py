@@ -67,6 +67,7 @@ class SendReceipt:
     provider_message_id: str
     segments: int = 1                     # what the provider bills: SMS segments, else 1
     encoding: str | None = None           # SMS: GSM-7 or UCS-2
+    queued: bool = False                  # kept for a batch not handed over yet (direct mail): not sent yet
 
 
 class Channel(Protocol):

@@ -3,6 +3,11 @@
 Inputs are the member's current consent states (derived from the ledger) for the channel, keyed by
 topic; ``"*"`` is the whole channel. Marketing topics need a prior opt-in (granted or confirmed);
 ``service`` messages need none but still honour a block on the whole channel.
+
+Opt-in is the rule for every channel that reaches the member over a telecom network or the internet
+(email, SMS, WhatsApp, Telegram, push: GDPR/ePrivacy, 38-FZ art. 18). The channels that reach the member
+on paper or inside their own account (the till receipt, the app inbox, direct mail) are opt-out: allowed
+unless the member revoked the topic or the channel (``OPT_OUT_CHANNELS``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from enum import StrEnum
 
 CHANNEL_WIDE = "*"
 SERVICE_TOPIC = "service"
+OPT_OUT_CHANNELS = frozenset({"receipt", "inbox", "direct_mail"})
 
 
 class SuppressReason(StrEnum):
@@ -33,8 +39,8 @@ ALLOW = Decision(True)
 _OPTED_IN = {"granted", "confirmed"}
 
 
-def decide(states: Mapping[str, str], *, topic: str) -> Decision:
-    """``states``: topic → current status ("granted", "confirmed", "revoked", "suppressed")."""
+def decide(states: Mapping[str, str], *, topic: str, channel: str | None = None) -> Decision:
+    """``states``: topic → current status ("granted", "confirmed", "revoked", "suppressed") on ``channel``."""
     channel_state = states.get(CHANNEL_WIDE)
     if channel_state == "suppressed":
         return Decision(False, SuppressReason.suppressed)
@@ -49,4 +55,6 @@ def decide(states: Mapping[str, str], *, topic: str) -> Decision:
         return Decision(False, SuppressReason.revoked)
     if state == "suppressed":
         return Decision(False, SuppressReason.suppressed)
+    if channel in OPT_OUT_CHANNELS:
+        return ALLOW
     return Decision(False, SuppressReason.no_consent)

@@ -20,10 +20,46 @@ class ConsentGrant(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    channel: str = Field(pattern=r"^(email|sms|whatsapp|telegram|push)$")
+    channel: str = Field(pattern=r"^(email|sms|whatsapp|telegram|push|receipt|inbox|direct_mail)$")
     topic: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")
     action: str = Field(default="granted", pattern=r"^(granted|revoked)$")
     wording_version: str | None = Field(default=None, max_length=64)
+
+
+class PostalAddress(BaseModel):
+    """Where direct mail goes. ``country`` is an ISO 3166 alpha-2 code."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    line1: str = Field(min_length=1, max_length=200)
+    line2: str | None = Field(default=None, max_length=200)
+    postcode: str | None = Field(default=None, max_length=20)
+    city: str = Field(min_length=1, max_length=100)
+    region: str | None = Field(default=None, max_length=100)
+    country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166 alpha-2, e.g. RU, DE, GB")
+    name: str | None = Field(default=None, max_length=200, description="addressee, if not the member's name")
+
+
+class CardIn(BaseModel):
+    """A loyalty card of the member (the till finds the member by it)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    number: str = Field(pattern=r"^[A-Za-z0-9\-]{4,64}$")
+    status: str = Field(default="active", pattern=r"^(active|blocked|lost|expired)$")
+
+
+def address_lines(address: dict[str, Any] | None, first_name: str | None = None,
+                  last_name: str | None = None) -> list[str]:
+    """The address block of a letter, one line each: addressee, street lines, postcode and city, region,
+    country. Empty when there is no usable address."""
+    if not address or not address.get("line1") or not address.get("city"):
+        return []
+    name = address.get("name") or " ".join(p for p in (first_name, last_name) if p)
+    city = " ".join(p for p in (address.get("postcode"), address.get("city")) if p)
+    lines = [name, address.get("line1"), address.get("line2"), city, address.get("region"),
+             address.get("country")]
+    return [str(line) for line in lines if line]
 
 
 class MemberIn(BaseModel):
@@ -38,6 +74,8 @@ class MemberIn(BaseModel):
     time_zone: str | None = None
     email: str | None = None
     phone: str | None = None
+    postal_address: PostalAddress | None = None
+    cards: list[CardIn] = Field(default_factory=list, max_length=20)
     attributes: dict[str, Any] = Field(default_factory=dict)
     consents: list[ConsentGrant] = Field(default_factory=list)
 

@@ -15,10 +15,12 @@ from sqlmodel import Session
 
 from consent import ledger
 from storage.db import session_scope, upsert
-from storage.tables import ConsentAction, ConsentSource, Member, Program, utcnow
+from storage.tables import Card, ConsentAction, ConsentSource, Member, Program, utcnow
 from members.profile import MemberIn
 
-PROFILE_COLUMNS = ("kind", "first_name", "last_name", "locale", "time_zone", "email", "phone", "attributes")
+PROFILE_COLUMNS = ("kind", "first_name", "last_name", "locale", "time_zone", "email", "phone", "attributes",
+                   "postal_address")
+ADDRESS_FIELDS = ("line1", "line2", "postcode", "city", "region", "country", "name")
 
 
 class ProgramNotFound(LookupError):
@@ -107,14 +109,22 @@ def upsert_members(*, engine: Engine, program_id: int, items: Iterable[tuple[int
             row = {"program_id": program_id, "external_id": ext, "created_at": now, "updated_at": now}
             row.update({c: getattr(m, c) for c in PROFILE_COLUMNS})
             row["kind"] = str(m.kind)
+            row["postal_address"] = m.postal_address.model_dump(exclude_none=True) if m.postal_address else None
             rows.append(row)
         stmt = upsert(s, Member.__table__, ["program_id", "external_id"], [*PROFILE_COLUMNS, "updated_at"])
         s.execute(stmt, rows)
         with_consents = [(ext, m) for _, ext, m in items if m.consents]
-        if with_consents:
-            ids = dict(s.execute(select(Member.external_id, Member.id).where(
+        with_cards = [(ext, m) for _, ext, m in items if m.cards]
+        ids: dict[str, int] = {}
+        if with_consents or with_cards:
+            ids = dict(s.execute(select(Member.external_id, Member.id).where(  # type: ignore[arg-type]
                 Member.program_id == program_id,
-                Member.external_id.in_([e for e, _ in with_consents]))).all())  # type: ignore[attr-defined]
+                Member.external_id.in_([e for e, _ in with_consents + with_cards]))).all())  # type: ignore[attr-defined]
+        if with_cards:
+            s.execute(upsert(s, Card.__table__, ["member_id", "number"], ["status"]), [
+                {"member_id": ids[ext], "number": c.number, "status": c.status, "issued_at": now}
+                for ext, m in with_cards for c in m.cards])
+        if with_consents:
             ledger.record(session=s, program_id=program_id, acts=[
                 ledger.ConsentAct(member_id=ids[ext], channel=c.channel, topic=c.topic,
                                   action=ConsentAction(c.action), source=source,
@@ -127,21 +137,28 @@ def upsert_members(*, engine: Engine, program_id: int, items: Iterable[tuple[int
 
 def parse_row(line: int, raw: dict[str, str]) -> tuple[str, MemberIn] | RowError:
     """A CSV row → (external id, profile). Columns: external_id, the profile fields, attr.<name>,
-    and consent.<channel>.<topic> (yes/no)."""
+    consent.<channel>.<topic> (yes/no), address.<line1|line2|postcode|city|region|country|name> and
+    card (a card number)."""
     ext = (raw.get("external_id") or "").strip()
     if not ext:
         return RowError(line, None, "external_id", "missing")
     data: dict[str, Any] = {"attributes": {}, "consents": []}
+    address: dict[str, str] = {}
     for col, value in raw.items():
         if col is None:
             return RowError(line, ext, "row", "more values than columns")
         value = (value or "").strip()
-        if not (col.startswith(("attr.", "consent.")) or col in PROFILE_COLUMNS or col == "external_id") \
-                or col == "attributes":
+        known = (col.startswith(("attr.", "consent.")) or col in PROFILE_COLUMNS or col in ("external_id", "card")
+                 or (col.startswith("address.") and col[8:] in ADDRESS_FIELDS))
+        if not known or col in ("attributes", "postal_address"):
             return RowError(line, ext, col, "unknown column")
         if col == "external_id" or value == "":
             continue
-        if col.startswith("attr."):
+        if col.startswith("address."):
+            address[col[8:]] = value
+        elif col == "card":
+            data["cards"] = [{"number": value}]
+        elif col.startswith("attr."):
             data["attributes"][col[5:]] = value
         elif col.startswith("consent."):
             parts = col.split(".")
@@ -154,6 +171,8 @@ def parse_row(line: int, raw: dict[str, str]) -> tuple[str, MemberIn] | RowError
                                      "action": "granted" if granted else "revoked"})
         else:
             data[col] = value
+    if address:
+        data["postal_address"] = address
     try:
         return ext, MemberIn.model_validate(data)
     except ValidationError as exc:

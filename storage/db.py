@@ -52,7 +52,7 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             raise
 
 
-def _insert(engine_or_session: Any, table: Any) -> Any:
+def dialect_insert(engine_or_session: Any, table: Any) -> Any:
     """An INSERT of the bind's dialect (both SQLite and PostgreSQL know ON CONFLICT)."""
     bind = engine_or_session.get_bind() if hasattr(engine_or_session, "get_bind") else engine_or_session
     return (sqlite if bind.dialect.name == "sqlite" else postgresql).insert(table)
@@ -60,12 +60,12 @@ def _insert(engine_or_session: Any, table: Any) -> Any:
 
 def insert_ignore(engine_or_session: Any, table: Any, index_elements: list[str]) -> Any:
     """``INSERT ... ON CONFLICT (index_elements) DO NOTHING``."""
-    return _insert(engine_or_session, table).on_conflict_do_nothing(index_elements=index_elements)
+    return dialect_insert(engine_or_session, table).on_conflict_do_nothing(index_elements=index_elements)
 
 
 def upsert(engine_or_session: Any, table: Any, index_elements: list[str], update_cols: list[str]) -> Any:
     """``INSERT ... ON CONFLICT (index_elements) DO UPDATE SET update_cols = excluded.*``."""
-    stmt = _insert(engine_or_session, table)
+    stmt = dialect_insert(engine_or_session, table)
     return stmt.on_conflict_do_update(
         index_elements=index_elements, set_={c: stmt.excluded[c] for c in update_cols}
     )

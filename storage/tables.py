@@ -56,6 +56,7 @@ class ConsentSource(StrEnum):
     bounce = "bounce"
     complaint = "complaint"
     unsubscribe = "unsubscribe"
+    provider = "provider"        # the provider says the address is gone (opted out there, blocked, invalid)
 
 
 class CampaignKind(StrEnum):
@@ -168,7 +169,8 @@ class PushToken(SQLModel, table=True):
 class Card(SQLModel, table=True):
     """A loyalty card of a member."""
 
-    __table_args__ = (UniqueConstraint("member_id", "number", name="uq_card_number"),)
+    __table_args__ = (UniqueConstraint("member_id", "number", name="uq_card_number"),
+                      Index("ix_card_number", "number"))
 
     id: int | None = Field(default=None, primary_key=True)
     member_id: int = Field(foreign_key="member.id", index=True)

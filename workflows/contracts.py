@@ -45,6 +45,7 @@ class Counts:
     held_out: int = 0
     cost: str = "0"          # Decimal as text: what the sent messages cost
     reasons: dict[str, int] = field(default_factory=dict)
+    queued: int = 0          # in a print batch not handed over yet (direct mail)
 
     def __add__(self, other: Counts) -> Counts:
         reasons = dict(self.reasons)
@@ -56,6 +57,7 @@ class Counts:
             in_doubt=self.in_doubt + other.in_doubt, already_done=self.already_done + other.already_done,
             held_out=self.held_out + other.held_out,
             cost=str(Decimal(self.cost) + Decimal(other.cost)), reasons=reasons,
+            queued=self.queued + other.queued,
         )
 
 

@@ -93,3 +93,17 @@ def test_marketing_is_allowed_only_with_an_opt_in_for_that_topic(states, topic):
         assert states.get(topic) in ("granted", "confirmed")
     if not decision.allowed:
         assert decision.reason is not None
+
+
+@pytest.mark.parametrize("channel", ["receipt", "inbox", "direct_mail"])
+def test_paper_and_own_account_channels_are_opt_out(channel):
+    assert decide({}, topic="promotions", channel=channel) == Decision(True)
+    assert decide({"promotions": "revoked"}, topic="promotions", channel=channel) == Decision(
+        False, SuppressReason.revoked)
+    assert decide({CHANNEL_WIDE: "revoked"}, topic="promotions", channel=channel) == Decision(
+        False, SuppressReason.revoked)
+
+
+@pytest.mark.parametrize("channel", ["email", "sms", "whatsapp", "telegram", "push"])
+def test_network_channels_need_prior_opt_in(channel):
+    assert decide({}, topic="promotions", channel=channel) == Decision(False, SuppressReason.no_consent)

@@ -609,7 +609,7 @@ class RevokeAfterPrepare(DeliveryActivities):
 
     def _prepare(self, ctx, inp, *args):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
         counts, targets = super()._prepare(ctx, inp, *args)
-        ids = [t.member_id for t in targets if t.email in self.revoke_emails]
+        ids = [t.member_id for t in targets if t.address in self.revoke_emails]
         if ids:
             revoke(self._engine, self.program_id, ids)
         return counts, targets

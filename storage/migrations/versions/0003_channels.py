@@ -1,5 +1,5 @@
 """channels: provider accounts, stored messages (receipt, inbox, direct mail), sandbox outbox, shared rate
-limits, member postal address and WhatsApp window, delivery fallback attempts, provider message id index
+limits, member postal address and WhatsApp window, delivery fallback attempts, provider message id index, card numbers for the till
 
 Revision ID: 0003
 Revises: 0002
@@ -21,6 +21,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column('whatsapp_inbound_at', sa.DateTime(timezone=True), nullable=True))
     op.create_index('ix_member_phone', 'member', ['program_id', 'phone'])
     op.create_index('ix_member_telegram', 'member', ['program_id', 'telegram_chat_id'])
+    op.create_index('ix_card_number', 'card', ['number'])
     with op.batch_alter_table('delivery') as batch:
         batch.add_column(sa.Column('attempts', sa.JSON(), nullable=True))
     op.create_index('ix_delivery_provider_message', 'delivery', ['provider_message_id'])
@@ -96,6 +97,7 @@ def downgrade() -> None:
     op.drop_index('ix_delivery_provider_message', table_name='delivery')
     with op.batch_alter_table('delivery') as batch:
         batch.drop_column('attempts')
+    op.drop_index('ix_card_number', table_name='card')
     op.drop_index('ix_member_telegram', table_name='member')
     op.drop_index('ix_member_phone', table_name='member')
     with op.batch_alter_table('member') as batch:

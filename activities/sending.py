@@ -1,0 +1,147 @@
+"""Sending a chunk of claimed deliveries: each to its channel's adapter (``channels.registry``), paced by
+the provider account's shared rate limit (``channels.ratelimit``), each channel error turned into an
+outcome. Nothing here touches a delivery row: the caller records the outcomes.
+
+    sent / queued        the provider (or Clarion's own store) has it
+    permanent            never to this address: the caller tries the member's next channel (fallback)
+    in_doubt             the provider may have it: never resent
+    rate_limited         nothing sent; the account is paused for everyone (push_back) and the message is
+                         tried again here, at most ``RATE_LIMIT_TRIES`` times, then left for a later retry
+    transient            nothing sent; left for a later retry of the page
+
+Push goes to every registered device of the member: sent when any device took it; tokens FCM calls
+UNREGISTERED come back in ``dead_tokens`` for the caller to delete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from activities.messages import Target
+from channels.base import (
+    InDoubtChannelError,
+    OutboundMessage,
+    PermanentChannelError,
+    RateLimited,
+    SendReceipt,
+    TransientChannelError,
+)
+from channels.ratelimit import SharedRateLimiter
+from channels.registry import Route
+
+RATE_LIMIT_TRIES = 4
+DEFAULT_PAUSE_S = 1.0        # a 429 that does not say how long to wait
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    kind: str                              # sent | queued | permanent | in_doubt | rate_limited | transient
+    code: str | None = None
+    provider_message_id: str | None = None
+    revoke_address: bool = False
+    retry_after: float | None = None
+    segments: int = 1
+    dead_tokens: tuple[str, ...] = ()
+    sandbox: bool = False
+
+
+def outcome_of(receipt: SendReceipt, *, sandbox: bool) -> SendOutcome:
+    return SendOutcome("queued" if receipt.queued else "sent", provider_message_id=receipt.provider_message_id,
+                       segments=receipt.segments, sandbox=sandbox)
+
+
+def outcome_of_error(exc: Exception) -> SendOutcome:
+    """The one place channel errors become outcomes."""
+    if isinstance(exc, PermanentChannelError):
+        return SendOutcome("permanent", exc.code, revoke_address=exc.revoke_address)
+    if isinstance(exc, InDoubtChannelError):
+        return SendOutcome("in_doubt", exc.code)
+    if isinstance(exc, RateLimited):
+        return SendOutcome("rate_limited", exc.code, retry_after=exc.retry_after)
+    if isinstance(exc, TransientChannelError):
+        return SendOutcome("transient", exc.code)
+    raise exc
+
+
+class Sender:
+    def __init__(self, *, limiter: SharedRateLimiter, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        self._limiter = limiter
+        self._sleep = sleep
+
+    async def send_all(self, items: Sequence[tuple[Target, OutboundMessage]], routes: dict[str, Route], *,
+                       heartbeat: Callable[[], None] = lambda: None) -> list[SendOutcome]:
+        """Outcomes in the order of ``items``."""
+        results: list[SendOutcome | None] = [None] * len(items)
+        by_channel: dict[str, list[int]] = {}
+        for i, (t, _) in enumerate(items):
+            by_channel.setdefault(t.channel, []).append(i)
+
+        async def one(i: int, slot: float | None) -> None:
+            t, msg = items[i]
+            route = routes[t.channel]
+            if slot is not None:
+                await self._limiter.wait_for(slot)
+            results[i] = await self._send_limited(t, msg, route)
+
+        async def channel_group(indexes: list[int], route: Route) -> None:
+            if not route.rate_key or not route.rate_per_s:
+                await asyncio.gather(*(one(i, None) for i in indexes))
+                return
+            block = self._limiter.block_size(route.rate_per_s)
+            for start in range(0, len(indexes), block):
+                part = indexes[start:start + block]
+                slots = await asyncio.to_thread(self._limiter.reserve, route.rate_key, route.rate_per_s, len(part))
+                heartbeat()
+                await asyncio.gather(*(one(i, slot) for i, slot in zip(part, slots, strict=True)))
+
+        await asyncio.gather(*(channel_group(ix, routes[ch]) for ch, ix in by_channel.items()))
+        return [r if r is not None else SendOutcome("transient", "not_sent") for r in results]
+
+    async def _send_limited(self, t: Target, msg: OutboundMessage, route: Route) -> SendOutcome:
+        """Send; on a rate limit pause the account for everyone and try again (a few times)."""
+        outcome = SendOutcome("transient", "not_sent")
+        for _ in range(RATE_LIMIT_TRIES):
+            outcome = await self._send(t, msg, route)
+            if outcome.kind != "rate_limited":
+                return outcome
+            pause = outcome.retry_after if outcome.retry_after is not None else DEFAULT_PAUSE_S
+            if route.rate_key:
+                await asyncio.to_thread(self._limiter.push_back, route.rate_key, pause)
+                [slot] = await asyncio.to_thread(self._limiter.reserve, route.rate_key, route.rate_per_s or 1.0, 1)
+                await self._limiter.wait_for(slot)
+            else:
+                await self._sleep(pause)
+        return outcome
+
+    async def _send(self, t: Target, msg: OutboundMessage, route: Route) -> SendOutcome:
+        if t.channel == "push":
+            return await self._send_push(t, msg, route)
+        try:
+            receipt = await route.channel.send(msg)
+        except (PermanentChannelError, InDoubtChannelError, TransientChannelError) as exc:
+            return outcome_of_error(exc)
+        return outcome_of(receipt, sandbox=route.sandbox)
+
+    async def _send_push(self, t: Target, msg: OutboundMessage, route: Route) -> SendOutcome:
+        """Every device of the member. Sent when any took it; otherwise the most hopeful failure."""
+        async def device(token: str) -> tuple[str, SendOutcome]:
+            try:
+                return token, outcome_of(await route.channel.send(replace(msg, to=token)), sandbox=route.sandbox)
+            except (PermanentChannelError, InDoubtChannelError, TransientChannelError) as exc:
+                return token, outcome_of_error(exc)
+
+        results = await asyncio.gather(*(device(tok) for tok in t.push_tokens))
+        dead = tuple(tok for tok, o in results if o.kind == "permanent" and o.revoke_address)
+        sent = [o for _, o in results if o.kind == "sent"]
+        if sent:
+            return replace(sent[0], dead_tokens=dead,
+                           provider_message_id=";".join(o.provider_message_id or "" for o in sent)[:255])
+        for kind in ("in_doubt", "rate_limited", "transient", "permanent"):
+            found = [o for _, o in results if o.kind == kind]
+            if found:
+                # every device gone: the member has no push address left (the caller falls back)
+                return replace(found[0], dead_tokens=dead, revoke_address=False)
+        return SendOutcome("permanent", "no_device", dead_tokens=dead)

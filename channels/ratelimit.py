@@ -1,0 +1,70 @@
+"""A rate limit per provider account that holds across every worker: a shared schedule in the database.
+
+The limiter is GCRA in its simplest form. One row per key keeps ``tat``, the theoretical arrival time of
+the next message. Reserving ``n`` messages at ``rate`` per second is one atomic statement::
+
+    INSERT ... ON CONFLICT (key) DO UPDATE SET tat = max(tat, now) + n / rate RETURNING tat
+
+and gives the caller the slots ``start + i / rate`` (start = the returned tat - n / rate), which no other
+worker will get. A worker sleeps until each slot and sends then, so all workers together never go faster
+than ``rate`` whatever their number (the slots are spaced; there is no burst). Reserving a block costs one
+short write, so callers reserve about a second's worth at a time, not one message at a time.
+
+When the provider says slow down (HTTP 429, Telegram's RetryAfter, FCM's Retry-After), ``push_back`` moves
+``tat`` to the end of the pause for every worker at once.
+
+Clocks: slots are wall-clock times (``time.time()``); workers on several machines need synchronized
+clocks (NTP), which a rate of tens per second tolerates easily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from sqlalchemy import case
+from sqlalchemy.engine import Engine
+
+from storage.db import dialect_insert, session_scope
+from storage.tables import RateLimit, utcnow
+
+
+class SharedRateLimiter:
+    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def _advance(self, key: str, *, floor: float, add: float) -> float:
+        """tat = max(tat, floor) + add, atomically; returns the new tat."""
+        table = RateLimit.__table__
+        stmt = dialect_insert(self._engine, table).values(key=key, tat=floor + add, updated_at=utcnow())
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["key"],
+            set_={"tat": case((table.c.tat > floor, table.c.tat), else_=floor) + add,
+                  "updated_at": utcnow()},
+        ).returning(table.c.tat)
+        with session_scope(self._engine) as s:
+            return float(s.execute(stmt).scalar_one())
+
+    def reserve(self, key: str, rate: float, n: int) -> list[float]:
+        """Reserve ``n`` consecutive slots (wall-clock times) for messages on ``key`` at ``rate`` per second."""
+        if rate <= 0 or n < 1:
+            raise ValueError("rate must be positive and n at least 1")
+        step = 1.0 / rate
+        tat = self._advance(key, floor=self._clock(), add=n * step)
+        start = tat - n * step
+        return [start + i * step for i in range(n)]
+
+    def push_back(self, key: str, seconds: float) -> None:
+        """Nobody sends on ``key`` for ``seconds`` from now (the provider asked us to wait)."""
+        self._advance(key, floor=self._clock() + max(0.0, seconds), add=0.0)
+
+    async def wait_for(self, slot: float) -> None:
+        delay = slot - self._clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def block_size(self, rate: float, *, seconds: float = 1.0) -> int:
+        """How many slots to reserve at once: about ``seconds`` worth, at least 1."""
+        return max(1, int(rate * seconds))
