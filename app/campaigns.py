@@ -75,12 +75,24 @@ def spec_hash(spec: CampaignSpec) -> str:
 
 
 def check_template(spec: CampaignSpec, renderer: Renderer) -> None:
-    try:
-        meta = renderer.meta(spec.template)
-        for locale in meta["locales"]:
-            renderer.compiled(spec.template, locale)
-    except TemplateProblem as exc:
-        raise Invalid([("template", str(exc))]) from None
+    """Every template of the campaign (main and follow-ups) compiles in every locale, for every channel of
+    the campaign, and has a body in its default locale for each of them."""
+    templates = {spec.template, *(f.template for f in spec.follow_ups if f.template)}
+    problems: list[tuple[str, str]] = []
+    for name in sorted(templates):
+        try:
+            meta = renderer.meta(name)
+            for channel in (c.value for c in spec.channels):
+                if channel == "email":
+                    for locale in meta["locales"]:
+                        renderer.compiled(name, locale)
+                renderer.resolve_locale(name, None, None, channel=channel)
+                for locale in meta["channel_locales"].get(channel, []) if channel != "email" else []:
+                    renderer.channel_compiled(name, channel, locale)
+        except TemplateProblem as exc:
+            problems.append(("template", str(exc)))
+    if problems:
+        raise Invalid(problems)
 
 
 async def launch(*, engine: Engine, client: Client, settings: Settings, spec: CampaignSpec,

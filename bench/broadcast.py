@@ -331,7 +331,7 @@ class TimedActivities(DeliveryActivities):
         self.wall: collections.Counter[str] = collections.Counter()
         self.calls: collections.Counter[str] = collections.Counter()
         self.batches: list[tuple[float, float]] = []
-        email = kw["email"]
+        email = kw["registry"].email
         build = email.build
 
         def timed_build(msg: OutboundMessage) -> bytes:
@@ -342,6 +342,26 @@ class TimedActivities(DeliveryActivities):
                 self._add("email.build (MIME, on the event loop)", t)
 
         email.build = timed_build  # instance attribute: this channel object only
+        builder = self._messages.build
+
+        def timed_message(c: Any, target: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return builder(c, target)
+            finally:
+                self._add("message: sign+render (on the event loop)", t0)
+
+        self._messages.build = timed_message  # type: ignore[method-assign]
+        send_all = self._sender.send_all
+
+        async def timed_send_all(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await send_all(*a, **k)
+            finally:
+                self._add("send_all per chunk (build+pool wait+SMTP)", t0)
+
+        self._sender.send_all = timed_send_all  # type: ignore[method-assign]
 
     def _add(self, name: str, since: float) -> None:
         self.wall[name] += time.perf_counter() - since
@@ -377,19 +397,6 @@ class TimedActivities(DeliveryActivities):
         finally:
             self._add("_record (thread, SQL)", t)
 
-    def _message(self, ctx: Any, t: Any) -> OutboundMessage:
-        t0 = time.perf_counter()
-        try:
-            return super()._message(ctx, t)
-        finally:
-            self._add("_message: sign+render (on the event loop)", t0)
-
-    async def _send_one(self, t: Any, *args: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return await super()._send_one(t, *args)
-        finally:
-            self._add("_send_one (build+pool wait+SMTP)", t0)
 
     def report(self, elapsed: float) -> list[str]:
         lines = []
@@ -443,7 +450,7 @@ class LoopLag:
 # --- the baseline: raw aiosmtplib ---------------------------------------------------------------
 
 def prebuilt_messages(settings: Settings, variants: int = 64) -> list[tuple[str, bytes]]:
-    """`variants` messages built exactly as DeliveryActivities._message + SmtpEmailChannel.build do
+    """`variants` messages built exactly as MessageBuilder.build + SmtpEmailChannel.build do
     (same template, context shape, unsubscribe token, headers and MIME builder): realistic sizes."""
     renderer, sign, channel = Renderer(), signer(settings), email_channel(settings)
     items, _ = bench_members(variants, seed=11)

@@ -12,17 +12,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import and_, select
-from sqlalchemy.orm import aliased
+from typing import Any
+
+from sqlalchemy import exists, literal, select
 from sqlmodel import Session
 
 from campaigns.audience import audience_clause
+from campaigns.channel_choice import Contacts, candidates
 from campaigns.costs import message_cost, unit_costs
 from campaigns.holdout import held_out
 from campaigns.rules import program_rules
 from campaigns.spec import CampaignSpec
-from consent.policy import CHANNEL_WIDE, SuppressReason, decide
-from storage.tables import ConsentState, Member, Program
+from consent import ledger
+from consent.policy import SuppressReason
+from storage.tables import Card, Member, Program, PushToken
 
 
 @dataclass
@@ -52,41 +55,70 @@ class Estimate:
         return self.budget is not None and self.cost > self.budget
 
 
-def estimate(*, session: Session, program: Program, spec: CampaignSpec, now: datetime) -> Estimate:
+def estimate(*, session: Session, program: Program, spec: CampaignSpec, now: datetime,
+             chunk: int = 5000) -> Estimate:
+    """Each member of the audience goes to the first channel of the campaign's order that they allow and
+    have an address on (``campaigns.channel_choice``), as in a run; ``suppressed`` is counted against the
+    first channel, with the first channel's reason. SMS is costed at one segment a message."""
     rules = program_rules(program.settings)
     costs = unit_costs(rules.unit_costs)
-    channel = spec.channels[0].value
-    address = {"email": Member.email, "sms": Member.phone, "whatsapp": Member.phone,
-               "telegram": Member.telegram_chat_id}.get(channel)
-    wide = aliased(ConsentState)
-    topic = aliased(ConsentState)
-    rows = session.execute(
-        select(Member.id, (address.is_not(None) if address is not None else Member.id.is_not(None)),  # type: ignore[union-attr]
-               wide.status, topic.status)
-        .outerjoin(wide, and_(wide.member_id == Member.id, wide.channel == channel, wide.topic == CHANNEL_WIDE))
-        .outerjoin(topic, and_(topic.member_id == Member.id, topic.channel == channel, topic.topic == spec.topic))
-        .where(audience_clause(program.id or 0, spec.audience, now=now)))
-    audience = held = reachable = 0
+    order = [c.value for c in spec.channels]
+    cols: list[Any] = [Member.id, Member.email.is_not(None), Member.phone.is_not(None),  # type: ignore[union-attr]
+                       Member.telegram_chat_id.is_not(None), Member.postal_address.is_not(None)]  # type: ignore[union-attr]
+    cols.append(exists(select(PushToken.id).where(PushToken.member_id == Member.id)) if "push" in order
+                else literal(False))
+    cols.append(exists(select(Card.id).where(Card.member_id == Member.id, Card.status == "active"))
+                if "receipt" in order else literal(False))
+    rows = session.execute(select(*cols).where(audience_clause(program.id or 0, spec.audience, now=now))
+                           .order_by(Member.id))
+    audience = held = 0
+    reachable: Counter[str] = Counter()
     suppressed: Counter[str] = Counter()
-    for member_id, has_address, wide_status, topic_status in rows:
+    batch: list[tuple[int, Contacts]] = []
+
+    def flush() -> None:
+        ids = [mid for mid, _ in batch]
+        states = {c: ledger.states_for(session=session, member_ids=ids, channel=c) for c in order}
+        for mid, contacts in batch:
+            choice = candidates(order, topic=spec.topic, contacts=contacts,
+                                states={c: states[c].get(mid, {}) for c in order})
+            if choice.channels:
+                reachable[choice.channels[0]] += 1
+            else:
+                suppressed[choice.reason or SuppressReason.no_address] += 1
+        batch.clear()
+
+    for mid, email, phone, chat, postal, push, card in rows:
         audience += 1
-        if spec.holdout and held_out(spec.key, member_id, spec.holdout):
+        if spec.holdout and held_out(spec.key, mid, spec.holdout):
             held += 1
             continue
-        states = {k: v for k, v in ((CHANNEL_WIDE, wide_status), (spec.topic, topic_status)) if v}
-        decision = decide(states, topic=spec.topic)
-        if decision.allowed and not has_address:
-            suppressed[SuppressReason.no_address] += 1
-        elif not decision.allowed:
-            suppressed[str(decision.reason)] += 1
-        else:
-            reachable += 1
-    unit = message_cost(channel, costs)
-    cost = unit * reachable
-    within = reachable if spec.budget is None or unit == 0 else min(reachable, int(spec.budget // unit))
+        batch.append((mid, Contacts(email="x" if email else None, phone="x" if phone else None,
+                                    telegram_chat_id="x" if chat else None, push_tokens=int(bool(push)),
+                                    has_card=bool(card), postal=bool(postal))))
+        if len(batch) >= chunk:
+            flush()
+    if batch:
+        flush()
+    channels = []
+    for i, channel in enumerate(order):
+        unit = message_cost(channel, costs)
+        channels.append(ChannelEstimate(channel=channel, reachable=reachable[channel], unit_cost=unit,
+                                        cost=unit * reachable[channel],
+                                        suppressed=dict(suppressed) if i == 0 else {}))
+    cost = sum((c.cost for c in channels), Decimal(0))
+    total = sum(reachable.values())
+    within = total
+    if spec.budget is not None:
+        within, left = 0, Decimal(spec.budget)
+        for c in channels:   # cheapest guess: in the order of the channels
+            if c.unit_cost == 0:
+                within += c.reachable
+                continue
+            n = min(c.reachable, int(left // c.unit_cost))
+            within += n
+            left -= n * c.unit_cost
     return Estimate(
         campaign=spec.key, program=program.key, currency=program.currency, audience=audience, held_out=held,
-        channels=[ChannelEstimate(channel=channel, reachable=reachable, unit_cost=unit, cost=cost,
-                                  suppressed=dict(suppressed))],
-        cost=cost, budget=spec.budget, within_budget=within,
+        channels=channels, cost=cost, budget=spec.budget, within_budget=within,
     )

@@ -183,10 +183,9 @@ class CampaignSpec(BaseModel):
 
     @field_validator("channels")
     @classmethod
-    def _email_only_for_now(cls, v: list[ChannelName]) -> list[ChannelName]:
-        unsupported = [c.value for c in v if c != ChannelName.email]
-        if unsupported:
-            raise ValueError(f"channel(s) {', '.join(unsupported)} are not available yet; use email")
+    def _distinct(cls, v: list[ChannelName]) -> list[ChannelName]:
+        if len(set(v)) != len(v):
+            raise ValueError("list each channel once: the order is the fallback order")
         return v
 
     @field_validator("start_at", "end_at")

@@ -239,7 +239,7 @@ class Renderer:
 
     # --- the other channels ---------------------------------------------------------------------
 
-    def _channel_compiled(self, name: str, channel: str, locale: str) -> dict[str, Any]:
+    def channel_compiled(self, name: str, channel: str, locale: str) -> dict[str, Any]:
         meta = self.meta(name)
         key = (name, channel, locale, int(meta["version"]))
         found = self._channel_cache.get(key)
@@ -292,7 +292,7 @@ class Renderer:
 
     def render(self, name: str, channel: str, locale: str, context: dict[str, Any]) -> RenderedMessage:
         """A message for ``channel`` (any but email: see :meth:`render_email`) in ``locale``."""
-        c = self._channel_compiled(name, channel, locale)
+        c = self.channel_compiled(name, channel, locale)
         ctx = {**context, "locale": locale}
 
         def run(t: Any) -> str | None:

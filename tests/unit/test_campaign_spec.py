@@ -132,11 +132,17 @@ def test_unknown_channel_is_reported_at_its_list_position():
     assert "'email'" in message
 
 
-def test_channel_not_available_yet_is_named_in_the_message():
-    [(path, message)] = problems_of(base(channels=["email", "sms"]))
+def test_every_channel_may_be_listed_as_a_fallback_order():
+    order = ["telegram", "push", "sms", "whatsapp", "email", "inbox", "receipt", "direct_mail"]
+    spec = parse_spec(base(channels=order))
+    assert [c.value for c in spec.channels] == order
+
+
+def test_a_channel_listed_twice_is_refused():
+    [(path, message)] = problems_of(base(channels=["email", "sms", "email"]))
 
     assert path == "channels"
-    assert "sms" in message and "use email" in message
+    assert "once" in message
 
 
 def test_empty_channel_list_is_refused():
