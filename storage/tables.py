@@ -375,6 +375,22 @@ class SandboxMessage(SQLModel, table=True):
     created_at: datetime = _ts(default_factory=utcnow)
 
 
+class MemberLink(SQLModel, table=True):
+    """A one-time link that ties a member to an address they prove they own (a Telegram chat via the bot's
+    deep link). Only the token's SHA-256 is stored; the token itself carries nothing readable."""
+
+    __tablename__ = "member_link"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    program_id: int = Field(foreign_key="program.id")
+    member_id: int = Field(foreign_key="member.id", index=True)
+    channel: str = Field(max_length=16)
+    topics: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    expires_at: datetime = _ts()
+    used_at: datetime | None = _ts(default=None)
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
 class RateLimit(SQLModel, table=True):
     """A shared limiter (GCRA): the theoretical arrival time of the next message of a provider account."""
 

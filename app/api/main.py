@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from app import errors
-from app.api import campaigns, events, inbox, members, pos, programs, unsubscribe
+from app.api import campaigns, channels, events, inbox, members, pos, programs, unsubscribe, webhooks
 from app.settings import Settings
 from app.temporal import connect
 from app.worker import signer
@@ -44,6 +44,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None, client: Clie
     app.include_router(unsubscribe.router)
     app.include_router(pos.router)
     app.include_router(inbox.router)
+    app.include_router(channels.router)
+    app.include_router(webhooks.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -13,7 +13,7 @@ from app.api.deps import EngineDep, require
 from app.errors import NotFound
 from members.profile import MemberIn
 from members.service import get_program, upsert_members, validation_errors
-from storage.tables import Member, Role
+from storage.tables import Member, PushToken, Role
 
 router = APIRouter(prefix="/api/v1/members", tags=["members"])
 ProgramQ = Annotated[str, Query(description="the program's key", pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")]
@@ -95,3 +95,93 @@ def bulk_members(body: BulkIn, program: ProgramQ, engine: EngineDep) -> BulkOut:
         good[item.external_id] = (i, item.external_id, item)  # a BulkItem is a MemberIn
     created, updated = upsert_members(engine=engine, program_id=program_id, items=good.values())
     return BulkOut(created=created, updated=updated, errors=errors)
+
+
+# --- devices and linked addresses -----------------------------------------------------------------
+
+
+class PushTokenIn(BaseModel):
+    token: str = Field(min_length=16, max_length=4096, pattern=r"^[A-Za-z0-9_\-:.]+$")
+    platform: str = Field(default="android", pattern=r"^(android|ios|web)$")
+
+
+class PushTokenRemove(BaseModel):
+    token: str = Field(min_length=1, max_length=4096)
+
+
+def _member_id(engine: Any, program: str, external_id: str) -> tuple[int, int]:
+    with Session(engine) as s:
+        program_id = get_program(s, program).id or 0
+        mid = s.scalar(select(Member.id).where(Member.program_id == program_id, Member.external_id == external_id))
+    if mid is None:
+        raise NotFound(f"member {external_id!r} not found", field="external_id")
+    return program_id, mid
+
+
+@router.post("/{external_id}/push-tokens", dependencies=[Depends(require(Role.core))], status_code=201)
+def add_push_token(external_id: ExternalId, body: PushTokenIn, program: ProgramQ, engine: EngineDep) -> dict[str, Any]:
+    """The loyalty app registered a device. A token already registered to another member of the program moves
+    to this one (the device changed hands); registering it again changes nothing."""
+    from storage.db import insert_ignore, session_scope
+
+    program_id, member_id = _member_id(engine, program, external_id)
+    with session_scope(engine) as s:
+        others = select(Member.id).where(Member.program_id == program_id, Member.id != member_id)
+        s.execute(PushToken.__table__.delete().where(PushToken.token == body.token,  # type: ignore[attr-defined]
+                                                     PushToken.member_id.in_(others)))  # type: ignore[attr-defined]
+        s.execute(insert_ignore(s, PushToken.__table__, ["member_id", "token"]),
+                  [{"member_id": member_id, "token": body.token, "platform": body.platform}])
+        count = len(s.scalars(select(PushToken.id).where(PushToken.member_id == member_id)).all())
+    return {"external_id": external_id, "devices": count}
+
+
+@router.delete("/{external_id}/push-tokens", dependencies=[Depends(require(Role.core))])
+def remove_push_token(external_id: ExternalId, body: PushTokenRemove, program: ProgramQ,
+                      engine: EngineDep) -> dict[str, Any]:
+    """The app logged out on a device (the token in the body, never in the URL)."""
+    from storage.db import session_scope
+
+    _, member_id = _member_id(engine, program, external_id)
+    with session_scope(engine) as s:
+        removed = s.execute(PushToken.__table__.delete().where(  # type: ignore[attr-defined]
+            PushToken.member_id == member_id, PushToken.token == body.token)).rowcount
+        count = len(s.scalars(select(PushToken.id).where(PushToken.member_id == member_id)).all())
+    if not removed:
+        raise NotFound("this device token is not registered for the member", field="token")
+    return {"external_id": external_id, "devices": count}
+
+
+class TelegramLinkIn(BaseModel):
+    topics: list[str] = Field(default_factory=lambda: ["promotions"], max_length=20)
+    wording_version: str | None = Field(default=None, max_length=64)
+
+
+@router.post("/{external_id}/telegram-link", dependencies=[Depends(require(Role.core))])
+def telegram_link(external_id: ExternalId, body: TelegramLinkIn, program: ProgramQ,
+                  engine: EngineDep) -> dict[str, Any]:
+    """A one-time deep link to the program's bot (t.me/<bot>?start=<token>, valid 7 days): the member opens
+    it, presses Start, and the chat is linked and the topics granted (ledger source telegram)."""
+    import re
+
+    from app.errors import Invalid
+    from channels.accounts import parse_account
+    from consent.links import LINK_TTL, create_link
+    from storage.db import session_scope
+    from storage.tables import ChannelAccount, utcnow
+
+    bad = [t for t in body.topics if not re.fullmatch(r"[a-z0-9][a-z0-9_\-]{0,63}", t)]
+    if bad:
+        raise Invalid([("topics", f"not a topic key: {bad[0]!r}")])
+    program_id, member_id = _member_id(engine, program, external_id)
+    with session_scope(engine) as s:
+        account = s.scalar(select(ChannelAccount).where(ChannelAccount.program_id == program_id,
+                                                        ChannelAccount.channel == "telegram"))
+        if account is None:
+            raise NotFound("the program has no Telegram bot: set one with `clarion channels set PROGRAM telegram`",
+                           field="program")
+        bot = parse_account("telegram", account.provider, account.config).bot_username  # type: ignore[attr-defined]
+        token = create_link(session=s, program_id=program_id, member_id=member_id, channel="telegram",
+                            topics=body.topics)
+    from channels.telegram import deep_link
+
+    return {"url": deep_link(bot, token), "expires_at": (utcnow() + LINK_TTL).isoformat(), "topics": body.topics}

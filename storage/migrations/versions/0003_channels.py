@@ -1,5 +1,6 @@
 """channels: provider accounts, stored messages (receipt, inbox, direct mail), sandbox outbox, shared rate
-limits, member postal address and WhatsApp window, delivery fallback attempts, provider message id index, card numbers for the till
+limits, member postal address and WhatsApp window, delivery fallback attempts, provider message id index, card numbers for the till,
+one-time member links (Telegram deep links)
 
 Revision ID: 0003
 Revises: 0002
@@ -78,6 +79,18 @@ def upgrade() -> None:
     op.create_index('ix_sandbox_message_program_id', 'sandbox_message', ['program_id'])
     op.create_index('ix_sandbox_message_delivery_id', 'sandbox_message', ['delivery_id'])
     op.create_table(
+        'member_link',
+        sa.Column('token_hash', sa.String(64), primary_key=True),
+        sa.Column('program_id', sa.Integer(), sa.ForeignKey('program.id'), nullable=False),
+        sa.Column('member_id', sa.Integer(), sa.ForeignKey('member.id'), nullable=False),
+        sa.Column('channel', sa.String(16), nullable=False),
+        sa.Column('topics', sa.JSON(), nullable=False),
+        sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+        sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
+        sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index('ix_member_link_member_id', 'member_link', ['member_id'])
+    op.create_table(
         'rate_limit',
         sa.Column('key', sa.String(128), primary_key=True),
         sa.Column('tat', sa.Float(), nullable=False),
@@ -87,6 +100,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('rate_limit')
+    op.drop_index('ix_member_link_member_id', table_name='member_link')
+    op.drop_table('member_link')
     op.drop_index('ix_sandbox_message_delivery_id', table_name='sandbox_message')
     op.drop_index('ix_sandbox_message_program_id', table_name='sandbox_message')
     op.drop_table('sandbox_message')
