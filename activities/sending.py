@@ -82,8 +82,8 @@ class Sender:
         async def one(i: int, slot: float | None) -> None:
             t, msg = items[i]
             route = routes[t.channel]
-            if slot is not None:
-                await self._limiter.wait_for(slot)
+            if slot is not None and route.rate_key and route.rate_per_s:
+                await self._limiter.take(route.rate_key, route.rate_per_s, slot)
             results[i] = await self._send_limited(t, msg, route)
 
         async def channel_group(indexes: list[int], route: Route) -> None:
@@ -108,10 +108,10 @@ class Sender:
             if outcome.kind != "rate_limited":
                 return outcome
             pause = outcome.retry_after if outcome.retry_after is not None else DEFAULT_PAUSE_S
-            if route.rate_key:
+            if route.rate_key and route.rate_per_s:
                 await asyncio.to_thread(self._limiter.push_back, route.rate_key, pause)
-                [slot] = await asyncio.to_thread(self._limiter.reserve, route.rate_key, route.rate_per_s or 1.0, 1)
-                await self._limiter.wait_for(slot)
+                [slot] = await asyncio.to_thread(self._limiter.reserve, route.rate_key, route.rate_per_s, 1)
+                await self._limiter.take(route.rate_key, route.rate_per_s, slot)
             else:
                 await self._sleep(pause)
         return outcome

@@ -11,7 +11,9 @@ than ``rate`` whatever their number (the slots are spaced; there is no burst). R
 short write, so callers reserve about a second's worth at a time, not one message at a time.
 
 When the provider says slow down (HTTP 429, Telegram's RetryAfter, FCM's Retry-After), ``push_back`` moves
-``tat`` to the end of the pause for every worker at once.
+``tat`` to the end of the pause for every worker at once; in the worker that was told, slots it had
+already reserved are given up and taken again after the pause (``take``). Another worker learns of the
+pause with its next reservation, so at most the block it holds (about a second of messages) still goes.
 
 Clocks: slots are wall-clock times (``time.time()``); workers on several machines need synchronized
 clocks (NTP), which a rate of tens per second tolerates easily.
@@ -34,6 +36,7 @@ class SharedRateLimiter:
     def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
         self._clock = clock
+        self._paused_until: dict[str, float] = {}
 
     def _advance(self, key: str, *, floor: float, add: float) -> float:
         """tat = max(tat, floor) + add, atomically; returns the new tat."""
@@ -58,12 +61,22 @@ class SharedRateLimiter:
 
     def push_back(self, key: str, seconds: float) -> None:
         """Nobody sends on ``key`` for ``seconds`` from now (the provider asked us to wait)."""
-        self._advance(key, floor=self._clock() + max(0.0, seconds), add=0.0)
+        until = self._clock() + max(0.0, seconds)
+        self._paused_until[key] = max(self._paused_until.get(key, 0.0), until)
+        self._advance(key, floor=until, add=0.0)
 
     async def wait_for(self, slot: float) -> None:
         delay = slot - self._clock()
         if delay > 0:
             await asyncio.sleep(delay)
+
+    async def take(self, key: str, rate: float, slot: float) -> None:
+        """Wait for a reserved ``slot``; if the account was paused meanwhile (``push_back`` here), give the
+        slot up and wait for a new one after the pause, so nothing goes out during it."""
+        await self.wait_for(slot)
+        while (until := self._paused_until.get(key, 0.0)) > self._clock() and slot < until:
+            [slot] = await asyncio.to_thread(self.reserve, key, rate, 1)
+            await self.wait_for(slot)
 
     def block_size(self, rate: float, *, seconds: float = 1.0) -> int:
         """How many slots to reserve at once: about ``seconds`` worth, at least 1."""

@@ -45,6 +45,7 @@ class Scripted:
 class FakeTwilio:
     port: int = 0
     requests: list[Recorded] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)      # time.time() of each request, in order
     script: list[Scripted] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -74,6 +75,7 @@ def _handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length).decode()
             form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
             with fake.lock:
+                fake.times.append(time.time())
                 fake.requests.append(Recorded("POST", self.path, {k.lower(): v for k, v in self.headers.items()},
                                               form))
             answer = fake._next()

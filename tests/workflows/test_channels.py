@@ -1,0 +1,336 @@
+"""Campaigns over several channels, end to end on the time-skipping server: the real BroadcastCampaign and
+activities, the real client libraries (twilio, pyfcm, aiosmtplib) over real sockets to fake providers on
+127.0.0.1, the program's accounts read from the database as in production.
+
+What a member gets is asserted where a provider would see it: the form Twilio received, the JSON FCM
+received, the bytes the SMTP server received; and in the delivery, consent and sandbox rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from temporalio import activity
+
+from activities.delivery import DeliveryActivities
+from channels.account_store import set_account
+from consent import ledger
+from storage.db import session_scope
+from storage.tables import (
+    Card,
+    ChannelName,
+    ConsentAction,
+    ConsentSource,
+    ConsentState,
+    Member,
+    PushToken,
+    SandboxMessage,
+    StoredMessage,
+)
+from tests.channels.fake_fcm import FakeFcm, running_fake_fcm
+from tests.channels.fake_twilio import FakeTwilio, running_fake_twilio
+from tests.factories import make_campaign
+from tests.workflows.conftest import bulk_members, by_member, deliveries, set_program_settings
+from workflows.contracts import BatchResult, DeliverBatch
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+SID, TOKEN = "AC" + "3" * 32, "tw-token"
+NO_QUIET = {"quiet_hours": {c: None for c in ("sms", "whatsapp", "telegram", "push")}}
+
+
+@pytest.fixture
+def twilio() -> Iterator[FakeTwilio]:
+    with running_fake_twilio() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fcm() -> Iterator[FakeFcm]:
+    with running_fake_fcm() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def service_account_key() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def use_twilio(engine: Engine, twilio: FakeTwilio, channel: str = "sms", **extra: Any) -> None:
+    set_account(engine=engine, program="shop", channel=channel, provider="twilio",
+                config={"account_sid": SID, "auth_token": TOKEN, "sender": "+15005550006",
+                        "base_url": twilio.url, "timeout_s": 2.0}, **extra)
+
+
+def use_fcm(engine: Engine, fcm: FakeFcm, key_pem: str) -> None:
+    info = {"type": "service_account", "project_id": "shop-app", "private_key_id": "k1", "private_key": key_pem,
+            "client_email": "push@shop-app.iam.gserviceaccount.com", "client_id": "1",
+            "token_uri": f"{fcm.url}/token"}
+    set_account(engine=engine, program="shop", channel="push", provider="fcm",
+                config={"project_id": "shop-app", "service_account_info": info, "base_url": fcm.url,
+                        "timeout_s": 2.0})
+
+
+def contacts(engine: Engine, member_id: int, *, phone: str | None = None, email: str | None | bool = True,
+             push: list[str] = (), consent: tuple[str, ...] = (), card: str | None = None,
+             postal: dict | None = None) -> None:
+    with session_scope(engine) as s:
+        m = s.get(Member, member_id)
+        m.phone = phone
+        if email is not True:
+            m.email = email or None
+        m.postal_address = postal
+        s.add(m)
+        for token in push:
+            s.add(PushToken(member_id=member_id, token=token))
+        if card:
+            s.add(Card(member_id=member_id, number=card))
+        ledger.record(session=s, program_id=m.program_id, acts=[
+            ledger.ConsentAct(member_id=member_id, channel=c, topic="promotions", action=ConsentAction.granted,
+                              source=ConsentSource.import_) for c in consent])
+
+
+def form_to(twilio: FakeTwilio) -> list[str]:
+    return [r.form["To"] for r in twilio.requests]
+
+
+def tokens_to(fcm: FakeFcm) -> list[str]:
+    return [r.json["message"]["token"] for r in fcm.requests if r.path.endswith("messages:send")]
+
+
+async def run(workers: Any, engine: Engine, cid: int, **kw: Any) -> Any:
+    async with workers(engine=engine) as rig:
+        handle = await rig.start(cid, page_size=50)
+        result = await rig.finish(handle)
+    return result, rig
+
+
+async def test_each_member_gets_the_first_channel_they_allow_and_can_be_reached_on(
+        workers, engine: Engine, twilio: FakeTwilio, fcm: FakeFcm, smtp_server: Any, service_account_key: str) -> None:
+    program, (a, b, c, d) = bulk_members(engine, 4, consent=lambda i: i == 3)
+    set_program_settings(engine, program, NO_QUIET)
+    use_twilio(engine, twilio)
+    use_fcm(engine, fcm, service_account_key)
+    contacts(engine, a, push=["tok-a-" + "x" * 20], phone="+14155550101", consent=("push", "sms"))
+    contacts(engine, b, phone="+14155550102", consent=("sms",))                # no device: SMS
+    contacts(engine, c)                                                         # email consent only
+    contacts(engine, d, phone="+14155550104")                                   # consents to nothing
+    cid = make_campaign(engine, program, channels=["push", "sms", "email"], template="weekend_offer")
+    result, _ = await run(workers, engine, cid)
+    rows = by_member(deliveries(engine, cid))
+    assert {m: (rows[m].channel, rows[m].status) for m in (a, b, c)} == {
+        a: ("push", "sent"), b: ("sms", "sent"), c: ("email", "sent")}
+    assert (rows[d].status, rows[d].reason) == ("suppressed", "no_consent")
+    assert tokens_to(fcm) == ["tok-a-" + "x" * 20] and form_to(twilio) == ["+14155550102"]
+    assert smtp_server.recipients() == ["m3@test.example"]
+    [push] = [r.json["message"] for r in fcm.requests if r.path.endswith("messages:send")]
+    assert push["notification"]["title"] == "500 bonus points this weekend"
+    assert push["data"]["link"] == "https://app.clarion.example/offers/weekend"
+    assert twilio.requests[0].form["Body"].startswith("Shop & Co: 500 bonus points")
+    assert result.counts.sent == 3 and result.counts.suppressed == 1
+
+
+async def test_a_bad_number_falls_back_to_email_for_the_same_delivery(
+        workers, engine: Engine, twilio: FakeTwilio, smtp_server: Any) -> None:
+    program, (a, b) = bulk_members(engine, 2)
+    set_program_settings(engine, program, NO_QUIET)
+    use_twilio(engine, twilio)
+    contacts(engine, a, phone="+14155550101", consent=("sms",))
+    contacts(engine, b, phone="+14155550102", consent=("sms",))
+    twilio.then(status=400, code=21211)            # the first SMS: Twilio calls the number invalid
+    cid = make_campaign(engine, program, channels=["sms", "email"], template="weekend_offer")
+    await run(workers, engine, cid)
+    rows = by_member(deliveries(engine, cid))
+    failed_first = a if twilio.requests[0].form["To"] == "+14155550101" else b
+    other = b if failed_first == a else a
+    assert (rows[failed_first].channel, rows[failed_first].status) == ("email", "sent")
+    assert rows[failed_first].attempts == [{"channel": "sms", "code": "21211"}]
+    assert (rows[other].channel, rows[other].status, rows[other].attempts) == ("sms", "sent", None)
+    assert len(twilio.requests) == 2                       # nobody got a second SMS
+    assert smtp_server.recipients() == [f"m{1 if failed_first == a else 2}@test.example"]
+
+
+async def test_a_number_that_replied_stop_at_twilio_is_suppressed_and_the_member_gets_email(
+        workers, engine: Engine, twilio: FakeTwilio, smtp_server: Any) -> None:
+    program, (a,) = bulk_members(engine, 1)
+    set_program_settings(engine, program, NO_QUIET)
+    use_twilio(engine, twilio)
+    contacts(engine, a, phone="+14155550101", consent=("sms",))
+    twilio.then(status=400, code=21610)
+    cid = make_campaign(engine, program, channels=["sms", "email"], template="weekend_offer")
+    await run(workers, engine, cid)
+    [row] = deliveries(engine, cid)
+    assert (row.channel, row.status) == ("email", "sent")
+    with Session(engine) as s:
+        state = s.get(ConsentState, (a, "sms", "*"))
+    assert state.status == "suppressed"
+    # a later campaign does not even try the number
+    cid2 = make_campaign(engine, program, key="autumn", channels=["sms", "email"], template="weekend_offer")
+    await run(workers, engine, cid2)
+    [row2] = deliveries(engine, cid2)
+    assert row2.channel == "email" and len(twilio.requests) == 1
+
+
+async def test_an_unregistered_device_token_is_deleted_and_the_member_gets_sms_instead(
+        workers, engine: Engine, twilio: FakeTwilio, fcm: FakeFcm, service_account_key: str) -> None:
+    program, (a,) = bulk_members(engine, 1, consent=lambda i: False)
+    set_program_settings(engine, program, NO_QUIET)
+    use_twilio(engine, twilio)
+    use_fcm(engine, fcm, service_account_key)
+    contacts(engine, a, push=["dead-token-" + "y" * 20], phone="+14155550101", consent=("push", "sms"))
+    fcm.then(error="UNREGISTERED")
+    cid = make_campaign(engine, program, channels=["push", "sms"], template="weekend_offer")
+    await run(workers, engine, cid)
+    [row] = deliveries(engine, cid)
+    assert (row.channel, row.status, row.attempts) == ("sms", "sent", [{"channel": "push", "code": "UNREGISTERED"}])
+    with Session(engine) as s:
+        assert s.scalars(select(PushToken).where(PushToken.member_id == a)).all() == []
+        assert s.get(ConsentState, (a, "push", "*")) is None    # the device is gone, not the consent
+
+
+async def test_a_twilio_server_error_leaves_the_message_in_doubt_and_never_resends_it(
+        workers, engine: Engine, twilio: FakeTwilio, smtp_server: Any) -> None:
+    program, (a,) = bulk_members(engine, 1)
+    set_program_settings(engine, program, NO_QUIET)
+    use_twilio(engine, twilio)
+    contacts(engine, a, phone="+14155550101", consent=("sms",))
+    twilio.then(status=500, code=20500)
+    cid = make_campaign(engine, program, channels=["sms", "email"], template="weekend_offer")
+    result, _ = await run(workers, engine, cid)
+    [row] = deliveries(engine, cid)
+    assert (row.channel, row.status) == ("sms", "in_doubt")
+    assert len(twilio.requests) == 1 and smtp_server.recipients() == []   # no blind resend, no fallback
+    assert result.counts.in_doubt == 1
+
+
+async def test_a_429_slows_the_campaign_down_and_the_message_still_goes_once(
+        workers, engine: Engine, twilio: FakeTwilio) -> None:
+    program, ids = bulk_members(engine, 3)
+    set_program_settings(engine, program, NO_QUIET)
+    use_twilio(engine, twilio, rate_per_s=50)
+    for i, mid in enumerate(ids):
+        contacts(engine, mid, phone=f"+1415555010{i}", consent=("sms",))
+    twilio.then(status=429, code=20429, headers={"Retry-After": "1"})
+    cid = make_campaign(engine, program, channels=["sms"], template="weekend_offer")
+    result, _ = await run(workers, engine, cid)
+    assert {r.status for r in deliveries(engine, cid)} == {"sent"} and result.counts.sent == 3
+    accepted = form_to(twilio)[1:]
+    assert sorted(accepted) == sorted(f"+1415555010{i}" for i in range(3))   # the refused one went later, once
+    gap = twilio.times[1] - twilio.times[0]
+    assert gap >= 0.9, f"the account was not paused after the 429 (next request after {gap:.2f} s)"
+
+
+async def test_sms_costs_its_segments_against_the_budget(workers, engine: Engine, twilio: FakeTwilio) -> None:
+    program, (a,) = bulk_members(engine, 1)
+    set_program_settings(engine, program, {**NO_QUIET, "unit_costs": {"sms": "0.05"}})
+    use_twilio(engine, twilio)
+    contacts(engine, a, phone="+14155550101", consent=("sms",))
+    cid = make_campaign(engine, program, channels=["sms"], template="weekend_offer")
+    await run(workers, engine, cid)
+    [row] = deliveries(engine, cid)
+    from channels.sms_text import sms_segments
+
+    segments = sms_segments(twilio.requests[0].form["Body"]).segments
+    assert segments >= 1 and str(row.cost) in (f"{0.05 * segments:.4f}", f"{0.05 * segments:.2f}")
+
+
+async def test_a_channel_without_an_account_records_the_exact_request_in_the_sandbox(
+        workers, engine: Engine) -> None:
+    program, (a,) = bulk_members(engine, 1, consent=lambda i: False)
+    set_program_settings(engine, program, NO_QUIET)
+    contacts(engine, a, phone="+14155550101", consent=("whatsapp",))
+    with session_scope(engine) as s:
+        s.get(Member, a).whatsapp_inbound_at = None
+    cid = make_campaign(engine, program, channels=["whatsapp"], template="weekend_offer")
+    await run(workers, engine, cid)
+    [row] = deliveries(engine, cid)
+    assert (row.status, row.reason) == ("sent", "sandbox")
+    with Session(engine) as s:
+        [rec] = s.scalars(select(SandboxMessage)).all()
+    assert (rec.channel, rec.provider, rec.delivery_id, rec.program_id) == ("whatsapp", "twilio", row.id, program)
+    assert rec.url.endswith("/Messages.json") and rec.headers["Authorization"] == "[redacted]"
+    assert "ContentSid=HX" in rec.body and "whatsapp%3A%2B14155550101" in rec.body   # outside the 24 h window
+    variables = json.loads(dict(p.split("=", 1) for p in rec.body.split("&"))["ContentVariables"]
+                           .replace("%7B", "{").replace("%7D", "}").replace("%22", '"').replace("%3A", ":")
+                           .replace("%2C", ","))
+    assert variables == {"1": "Name1", "2": "500"}
+
+
+async def test_receipt_and_inbox_messages_wait_for_the_till_and_the_app(workers, engine: Engine) -> None:
+    program, (a, b) = bulk_members(engine, 2, consent=lambda i: False)
+    contacts(engine, a, card="CARD-0001")
+    cid = make_campaign(engine, program, channels=["receipt", "inbox"], template="weekend_offer",
+                        end_at="2027-01-10T00:00:00+00:00")
+    await run(workers, engine, cid)
+    rows = by_member(deliveries(engine, cid))
+    assert (rows[a].channel, rows[a].status) == ("receipt", "sent")   # has a card: the till prints it
+    assert (rows[b].channel, rows[b].status) == ("inbox", "sent")     # no card: the app's inbox
+    with Session(engine) as s:
+        stored = {m.member_id: m for m in s.scalars(select(StoredMessage))}
+    assert stored[a].coupon == "WEEKEND500" and stored[a].state == "pending"
+    assert stored[b].title == "500 bonus points this weekend"
+    assert stored[a].expires_at is not None and stored[a].expires_at.year == 2027
+
+
+async def test_a_member_who_revoked_the_topic_on_paper_channels_gets_nothing(workers, engine: Engine) -> None:
+    program, (a,) = bulk_members(engine, 1, consent=lambda i: False)
+    contacts(engine, a, card="CARD-0002")
+    with session_scope(engine) as s:
+        ledger.record(session=s, program_id=program, acts=[ledger.ConsentAct(
+            member_id=a, channel=ChannelName.receipt, topic="promotions", action=ConsentAction.revoked,
+            source=ConsentSource.web)])
+    cid = make_campaign(engine, program, channels=["receipt"], template="weekend_offer")
+    await run(workers, engine, cid)
+    [row] = deliveries(engine, cid)
+    assert (row.status, row.reason) == ("suppressed", "revoked")
+
+
+# --- a rate limit shared by workers -----------------------------------------------------------------
+
+class CountingActivities(DeliveryActivities):
+    """Counts the pages each worker delivered (to show both took part)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.pages = 0
+
+    @activity.defn(name="deliver_batch")
+    async def deliver_batch(self, inp: DeliverBatch) -> BatchResult:
+        self.pages += 1
+        return await super().deliver_batch(inp)
+
+
+async def test_a_provider_rate_limit_holds_within_10_percent_over_10_s_with_two_workers(
+        workers, engine: Engine, db_url: str, twilio: FakeTwilio) -> None:
+    rate, n = 20.0, 260
+    program, ids = bulk_members(engine, n, consent=lambda i: False)
+    set_program_settings(engine, program, NO_QUIET)
+    use_twilio(engine, twilio, rate_per_s=rate)
+    with session_scope(engine) as s:
+        for i, mid in enumerate(ids):
+            s.get(Member, mid).phone = f"+1415556{i:04d}"
+        ledger.record(session=s, program_id=program, acts=[ledger.ConsentAct(
+            member_id=mid, channel="sms", topic="promotions", action=ConsentAction.granted,
+            source=ConsentSource.import_) for mid in ids])
+    cid = make_campaign(engine, program, channels=["sms"], template="weekend_offer")
+    async with workers(engine=engine, url=db_url, n=2, cls=CountingActivities, max_concurrent_activities=2) as rig:
+        handle = await rig.start(cid, page_size=20, concurrency=4)
+        await rig.finish(handle)
+    times = sorted(twilio.times)
+    assert len(times) == n and len(set(form_to(twilio))) == n          # everyone once
+    first = times[0]
+    in_10s = sum(1 for t in times if t < first + 10.0)
+    assert 0.9 * rate * 10 <= in_10s <= 1.1 * rate * 10, f"{in_10s} messages in the first 10 s at {rate}/s"
+    busiest = max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
+    assert busiest <= rate * 1.1 + 1, f"{busiest} messages within one second"
+    assert all(a.pages > 0 for a in rig.acts), [a.pages for a in rig.acts]
