@@ -1,7 +1,8 @@
-"""Members pushed by the loyalty core: one by one (PUT) or in bulk."""
+"""Members pushed by the loyalty core (one by one or in bulk), their app devices and Telegram deep links."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -10,10 +11,14 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from app.api.deps import EngineDep, require
-from app.errors import NotFound
+from app.errors import Invalid, NotFound
+from channels.accounts import parse_account
+from channels.telegram import deep_link
+from consent.links import LINK_TTL, create_link
 from members.profile import MemberIn
 from members.service import get_program, upsert_members, validation_errors
-from storage.tables import Member, PushToken, Role
+from storage.db import insert_ignore, session_scope
+from storage.tables import ChannelAccount, Member, PushToken, Role, utcnow
 
 router = APIRouter(prefix="/api/v1/members", tags=["members"])
 ProgramQ = Annotated[str, Query(description="the program's key", pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")]
@@ -122,8 +127,6 @@ def _member_id(engine: Any, program: str, external_id: str) -> tuple[int, int]:
 def add_push_token(external_id: ExternalId, body: PushTokenIn, program: ProgramQ, engine: EngineDep) -> dict[str, Any]:
     """The loyalty app registered a device. A token already registered to another member of the program moves
     to this one (the device changed hands); registering it again changes nothing."""
-    from storage.db import insert_ignore, session_scope
-
     program_id, member_id = _member_id(engine, program, external_id)
     with session_scope(engine) as s:
         others = select(Member.id).where(Member.program_id == program_id, Member.id != member_id)
@@ -139,8 +142,6 @@ def add_push_token(external_id: ExternalId, body: PushTokenIn, program: ProgramQ
 def remove_push_token(external_id: ExternalId, body: PushTokenRemove, program: ProgramQ,
                       engine: EngineDep) -> dict[str, Any]:
     """The app logged out on a device (the token in the body, never in the URL)."""
-    from storage.db import session_scope
-
     _, member_id = _member_id(engine, program, external_id)
     with session_scope(engine) as s:
         removed = s.execute(PushToken.__table__.delete().where(  # type: ignore[attr-defined]
@@ -161,14 +162,6 @@ def telegram_link(external_id: ExternalId, body: TelegramLinkIn, program: Progra
                   engine: EngineDep) -> dict[str, Any]:
     """A one-time deep link to the program's bot (t.me/<bot>?start=<token>, valid 7 days): the member opens
     it, presses Start, and the chat is linked and the topics granted (ledger source telegram)."""
-    import re
-
-    from app.errors import Invalid
-    from channels.accounts import parse_account
-    from consent.links import LINK_TTL, create_link
-    from storage.db import session_scope
-    from storage.tables import ChannelAccount, utcnow
-
     bad = [t for t in body.topics if not re.fullmatch(r"[a-z0-9][a-z0-9_\-]{0,63}", t)]
     if bad:
         raise Invalid([("topics", f"not a topic key: {bad[0]!r}")])
@@ -182,6 +175,4 @@ def telegram_link(external_id: ExternalId, body: TelegramLinkIn, program: Progra
         bot = parse_account("telegram", account.provider, account.config).bot_username  # type: ignore[attr-defined]
         token = create_link(session=s, program_id=program_id, member_id=member_id, channel="telegram",
                             topics=body.topics)
-    from channels.telegram import deep_link
-
     return {"url": deep_link(bot, token), "expires_at": (utcnow() + LINK_TTL).isoformat(), "topics": body.topics}

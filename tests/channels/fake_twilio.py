@@ -119,10 +119,14 @@ def _error(status: int, code: int, message: str) -> dict:
             "status": status}
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128    # the default backlog of 5 stalls concurrent connects for ~1 s
+
+
 @contextmanager
 def running_fake_twilio() -> Iterator[FakeTwilio]:
     fake = FakeTwilio()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server = _Server(("127.0.0.1", 0), _handler(fake))
     server.daemon_threads = True
     server.block_on_close = False
     fake.port = server.server_address[1]

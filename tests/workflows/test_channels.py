@@ -334,3 +334,82 @@ async def test_a_provider_rate_limit_holds_within_10_percent_over_10_s_with_two_
     busiest = max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
     assert busiest <= rate * 1.1 + 1, f"{busiest} messages within one second"
     assert all(a.pages > 0 for a in rig.acts), [a.pages for a in rig.acts]
+
+
+# --- Telegram ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def telegram() -> Iterator[Any]:
+    from tests.channels.fake_telegram import running_fake_telegram
+
+    with running_fake_telegram() as fake:
+        yield fake
+
+
+BOT_TOKEN = "123456789:AAE" + "x" * 32
+
+
+def use_telegram(engine: Engine, fake: Any) -> None:
+    set_account(engine=engine, program="shop", channel="telegram", provider="telegram",
+                config={"bot_token": BOT_TOKEN, "bot_username": "clarion_test_bot",
+                        "webhook_secret": "s" * 32, "base_url": fake.base_url, "timeout_s": 2.0})
+
+
+async def test_telegram_gets_the_html_message_with_its_link_button(workers, engine: Engine, telegram: Any) -> None:
+    program, (a,) = bulk_members(engine, 1, consent=lambda i: False)
+    set_program_settings(engine, program, NO_QUIET)
+    use_telegram(engine, telegram)
+    with session_scope(engine) as s:
+        s.get(Member, a).telegram_chat_id = "5550001"
+    contacts(engine, a, consent=("telegram",))
+    cid = make_campaign(engine, program, channels=["telegram", "email"], template="weekend_offer")
+    await run(workers, engine, cid)
+    [row] = deliveries(engine, cid)
+    assert (row.channel, row.status, row.provider_message_id) == ("telegram", "sent", "5550001:101")
+    [req] = telegram.calls("sendMessage")
+    assert req.token == BOT_TOKEN and str(req.params["chat_id"]) == "5550001"
+    assert req.params["parse_mode"] == "HTML" and req.params["text"].startswith("<b>Name1, 500 bonus points")
+    assert req.json_param("reply_markup") == {"inline_keyboard": [[
+        {"text": "See the offer", "url": "https://shop.clarion.example/weekend"}]]}
+
+
+async def test_a_member_who_blocked_the_bot_is_cut_off_on_telegram_and_gets_email(
+        workers, engine: Engine, telegram: Any, smtp_server: Any) -> None:
+    program, (a,) = bulk_members(engine, 1)
+    set_program_settings(engine, program, NO_QUIET)
+    use_telegram(engine, telegram)
+    with session_scope(engine) as s:
+        s.get(Member, a).telegram_chat_id = "5550002"
+    contacts(engine, a, consent=("telegram",))
+    telegram.fail(403, "Forbidden: bot was blocked by the user")
+    cid = make_campaign(engine, program, channels=["telegram", "email"], template="weekend_offer")
+    await run(workers, engine, cid)
+    [row] = deliveries(engine, cid)
+    assert (row.channel, row.status, row.attempts) == ("email", "sent", [{"channel": "telegram", "code": "forbidden"}])
+    with Session(engine) as s:
+        state = s.get(ConsentState, (a, "telegram", "*"))
+        from storage.tables import ConsentRecord
+        [rec] = s.scalars(select(ConsentRecord).where(ConsentRecord.channel == "telegram",
+                                                      ConsentRecord.topic == "*")).all()
+    assert state.status == "suppressed" and rec.source == "telegram"
+    assert smtp_server.recipients() == ["m1@test.example"] and len(telegram.calls("sendMessage")) == 1
+
+
+async def test_without_a_bot_telegram_goes_to_the_sandbox(workers, engine: Engine) -> None:
+    program, (a,) = bulk_members(engine, 1, consent=lambda i: False)
+    set_program_settings(engine, program, NO_QUIET)
+    with session_scope(engine) as s:
+        s.get(Member, a).telegram_chat_id = "5550003"
+    contacts(engine, a, consent=("telegram",))
+    cid = make_campaign(engine, program, channels=["telegram"], template="weekend_offer")
+    await run(workers, engine, cid)
+    [row] = deliveries(engine, cid)
+    assert (row.status, row.reason) == ("sent", "sandbox")
+    with Session(engine) as s:
+        [rec] = s.scalars(select(SandboxMessage)).all()
+    from urllib.parse import parse_qs
+
+    assert rec.channel == "telegram" and rec.url == "https://api.telegram.org/bot<token>/sendMessage"
+    form = {k: v[0] for k, v in parse_qs(rec.body).items()}
+    assert form["chat_id"] == "5550003" and form["parse_mode"] == "HTML"
+    assert form["text"].startswith("<b>Name1, 500 bonus points this weekend</b>")

@@ -1,0 +1,114 @@
+"""Provider accounts per program (admin), the sandbox outbox (labelled), and devices registered by the app."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlmodel import Session
+
+from app.api.main import create_app
+from app.keys import create_key
+from app.settings import Settings
+from storage.db import session_scope
+from storage.tables import ChannelAccount, PushToken, Role, SandboxMessage
+from tests.conftest import free_port
+from tests.factories import seed_members
+
+TWILIO = {"account_sid": "AC" + "4" * 32, "auth_token": "secret-auth-token-1234", "sender": "+15005550006"}
+
+
+@pytest.fixture
+def api(engine, tmp_path):
+    seed_members(engine, 2)
+    app = create_app(Settings(var_dir=tmp_path, temporal_dev_port=free_port()), engine=engine)
+    keys = {role: create_key(engine=engine, role=role) for role in Role}
+    with TestClient(app) as client:
+        yield client, {r: {"Authorization": f"Bearer {k}"} for r, k in keys.items()}
+
+
+def test_only_an_admin_sets_accounts_and_secrets_never_come_back(api, engine):
+    client, auth = api
+    r = client.put("/api/v1/programs/shop/channels/sms", json={"provider": "twilio", "config": TWILIO},
+                   headers=auth[Role.marketer])
+    assert r.status_code == 403
+    r = client.put("/api/v1/programs/shop/channels/sms", json={"provider": "twilio", "config": TWILIO,
+                                                              "rate_per_s": 10}, headers=auth[Role.admin])
+    assert r.status_code == 200, r.text
+    assert r.json()["config"]["auth_token"] == "****1234" and r.json()["rate_per_s"] == 10
+    listed = client.get("/api/v1/programs/shop/channels", headers=auth[Role.admin]).json()["channels"]
+    by = {c["channel"]: c for c in listed}
+    assert by["sms"]["sandbox"] is False and "secret-auth-token" not in str(listed)
+    assert by["telegram"]["sandbox"] is True and by["telegram"]["rate_per_s"] == 30.0
+    assert by["receipt"] == {**by["receipt"], "provider": "clarion", "sandbox": False}
+    with Session(engine) as s:
+        assert s.scalar(select(ChannelAccount.config)).get("auth_token") == TWILIO["auth_token"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"provider": "twilio", "config": {**TWILIO, "account_sid": "AC123"}}, "config.account_sid"),
+    ({"provider": "twilio", "config": {**TWILIO, "sender": "5550006"}}, "config.sender"),
+    ({"provider": "twilio", "config": {k: v for k, v in TWILIO.items() if k != "auth_token"}}, "config.auth_token"),
+    ({"provider": "fcm", "config": TWILIO}, "provider"),
+    ({"provider": "twilio", "config": {**TWILIO, "max_segments": 99}}, "config.max_segments"),
+])
+def test_a_bad_account_is_refused_naming_the_field_and_nothing_is_stored(api, engine, body, field):
+    client, auth = api
+    r = client.put("/api/v1/programs/shop/channels/sms", json=body, headers=auth[Role.admin])
+    assert r.status_code == 422 and field in [p["field"] for p in r.json()["problems"]], r.text
+    with Session(engine) as s:
+        assert s.scalars(select(ChannelAccount)).all() == []
+
+
+def test_a_telegram_account_checks_the_token_and_the_webhook_secret(api):
+    client, auth = api
+    r = client.put("/api/v1/programs/shop/channels/telegram", headers=auth[Role.admin], json={
+        "provider": "telegram", "config": {"bot_token": "nope", "bot_username": "shop_bot", "webhook_secret": "short"}})
+    fields = {p["field"] for p in r.json()["problems"]}
+    assert r.status_code == 422 and {"config.bot_token", "config.webhook_secret"} <= fields
+
+
+def test_removing_an_account_puts_the_channel_back_in_the_sandbox(api):
+    client, auth = api
+    client.put("/api/v1/programs/shop/channels/sms", json={"provider": "twilio", "config": TWILIO},
+               headers=auth[Role.admin])
+    assert client.delete("/api/v1/programs/shop/channels/sms", headers=auth[Role.admin]).json() == {
+        "channel": "sms", "sandbox": True}
+    assert client.delete("/api/v1/programs/shop/channels/sms", headers=auth[Role.admin]).status_code == 404
+
+
+def test_the_sandbox_outbox_is_labelled_and_filtered(api, engine):
+    client, auth = api
+    with session_scope(engine) as s:
+        for ch in ("sms", "telegram", "sms"):
+            s.add(SandboxMessage(program_id=1, channel=ch, provider="twilio", method="POST", url="u", headers={},
+                                 body=f"Body={ch}"))
+    r = client.get("/api/v1/sandbox/messages", params={"channel": "sms"}, headers=auth[Role.marketer])
+    body = r.json()
+    assert r.status_code == 200 and body["sandbox"] is True and body["total"] == 2
+    assert [m["channel"] for m in body["messages"]] == ["sms", "sms"]
+    assert client.get("/api/v1/sandbox/messages", headers=auth[Role.core]).status_code == 403
+
+
+def test_the_app_registers_and_removes_devices_and_a_token_moves_with_the_device(api, engine):
+    client, auth = api
+    token = "fcm-device-token-" + "a" * 40
+    url = "/api/v1/members/M000001/push-tokens"
+    for _ in range(2):
+        r = client.post(url, params={"program": "shop"}, json={"token": token, "platform": "ios"},
+                        headers=auth[Role.core])
+        assert r.status_code == 201 and r.json()["devices"] == 1
+    r = client.post("/api/v1/members/M000002/push-tokens", params={"program": "shop"}, json={"token": token},
+                    headers=auth[Role.core])
+    assert r.json()["devices"] == 1
+    with Session(engine) as s:
+        assert len(s.scalars(select(PushToken)).all()) == 1     # the device changed hands
+    r = client.request("DELETE", "/api/v1/members/M000002/push-tokens", params={"program": "shop"},
+                       json={"token": token}, headers=auth[Role.core])
+    assert r.status_code == 200 and r.json()["devices"] == 0
+    r = client.request("DELETE", url, params={"program": "shop"}, json={"token": token}, headers=auth[Role.core])
+    assert r.status_code == 404 and r.json()["field"] == "token"
+    r = client.post(url, params={"program": "shop"}, json={"token": "short"}, headers=auth[Role.core])
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "token"
+    assert client.post(url, params={"program": "shop"}, json={"token": token},
+                       headers=auth[Role.marketer]).status_code == 403
