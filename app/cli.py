@@ -39,8 +39,11 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(programs_app, name="programs")
 from app.events_cli import events_app  # noqa: E402
 from app.segment_cli import segment_app  # noqa: E402
+from app.channels_cli import channels_app, outbox  # noqa: E402
 app.add_typer(events_app, name="events")
 app.add_typer(segment_app, name="segment")
+app.add_typer(channels_app, name="channels")
+app.command("outbox")(outbox)
 
 out = Console()
 err = Console(stderr=True)

@@ -112,3 +112,40 @@ def test_the_app_registers_and_removes_devices_and_a_token_moves_with_the_device
     assert r.status_code == 422 and r.json()["problems"][0]["field"] == "token"
     assert client.post(url, params={"program": "shop"}, json={"token": token},
                        headers=auth[Role.marketer]).status_code == 403
+
+
+# --- the CLI ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def cli(engine, db_url, monkeypatch):
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    monkeypatch.setenv("CLARION_DATABASE_URL", db_url)
+    seed_members(engine, 1)
+    runner = CliRunner()
+    return lambda *args, **kw: runner.invoke(app, list(args), **kw)
+
+
+def test_cli_sets_an_account_from_a_file_and_never_prints_the_secret(cli, tmp_path):
+    f = tmp_path / "sms.yaml"
+    f.write_text("\n".join(f"{k}: '{v}'" for k, v in TWILIO.items()))
+    r = cli("channels", "set", "shop", "sms", "--provider", "twilio", "--config", str(f), "--rate", "5")
+    assert r.exit_code == 0, r.output
+    r = cli("channels", "list", "shop")
+    assert "****1234" in r.stdout and "secret-auth-token" not in r.stdout and "sandbox" in r.stdout
+
+
+def test_cli_names_each_bad_field_and_exits_2(cli):
+    r = cli("channels", "set", "shop", "sms", "--provider", "twilio", input='{"account_sid": "AC1"}')
+    assert r.exit_code == 2
+    assert "config.account_sid" in r.stderr and "config.auth_token" in r.stderr
+
+
+def test_cli_outbox_is_labelled_sandbox(cli, engine):
+    with session_scope(engine) as s:
+        s.add(SandboxMessage(program_id=1, channel="sms", provider="twilio", method="POST", url="https://x/Messages.json",
+                             headers={}, body="To=%2B1&Body=hi", delivery_id=7))
+    r = cli("outbox", "--program", "shop")
+    assert r.exit_code == 0 and "SANDBOX outbox: 1 recorded, nothing sent (sms 1)" in r.stdout
