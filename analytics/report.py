@@ -1,9 +1,11 @@
-"""The campaign report: audience, suppressed by reason, sent, failed, in doubt; by locale. SQL in, figures out."""
+"""The campaign report: audience, suppressed by reason, sent (delivered among them), queued, failed, in doubt,
+cost; by locale and by channel. SQL in, figures out."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
@@ -23,11 +25,19 @@ class Figures:
     pending: int = 0          # planned or sending: not finished yet
     suppressed: int = 0
     suppressed_by_reason: dict[str, int] = field(default_factory=dict)
+    delivered: int = 0        # of the sent: the provider (or the till, the app) reported delivery
+    queued: int = 0           # direct mail in a print batch not handed over yet
+    cost: Decimal = Decimal(0)
 
-    def add(self, status: str, reason: str | None, n: int) -> None:
+    def add(self, status: str, reason: str | None, n: int, cost: Decimal | None = None) -> None:
         self.audience += n
+        self.cost += cost or 0
+        if status == "delivered":
+            self.delivered += n
         if status in SENT:
             self.sent += n
+        elif status == "queued":
+            self.queued += n
         elif status == "failed":
             self.failed += n
         elif status == "in_doubt":
@@ -48,6 +58,7 @@ class CampaignReport:
     total: Figures
     by_locale: dict[str, Figures]
     failed_by_reason: dict[str, int]
+    by_channel: dict[str, Figures] = field(default_factory=dict)
 
 
 def campaign_report(engine: Engine, campaign_id: int) -> CampaignReport:
@@ -56,17 +67,22 @@ def campaign_report(engine: Engine, campaign_id: int) -> CampaignReport:
         if c is None:
             raise LookupError(f"campaign {campaign_id} not found")
         rows = s.execute(
-            select(Delivery.locale, Delivery.status, Delivery.reason, func.count())
+            select(Delivery.locale, Delivery.channel, Delivery.status, Delivery.reason, func.count(),
+                   func.sum(Delivery.cost))
             .where(Delivery.campaign_id == campaign_id)
-            .group_by(Delivery.locale, Delivery.status, Delivery.reason)
+            .group_by(Delivery.locale, Delivery.channel, Delivery.status, Delivery.reason)
         ).all()
     total = Figures()
     by_locale: dict[str, Figures] = defaultdict(Figures)
+    by_channel: dict[str, Figures] = defaultdict(Figures)
     failed: dict[str, int] = defaultdict(int)
-    for locale, status, reason, n in rows:
-        total.add(status, reason, n)
-        by_locale[locale or "-"].add(status, reason, n)
+    for locale, channel, status, reason, n, cost in rows:
+        cost = Decimal(cost or 0)
+        total.add(status, reason, n, cost)
+        by_locale[locale or "-"].add(status, reason, n, cost)
+        by_channel[channel or "-"].add(status, reason, n, cost)
         if status == "failed":
             failed[reason or "unknown"] += n
     return CampaignReport(campaign=c.key, name=c.name, status=c.status, total=total,
-                          by_locale=dict(sorted(by_locale.items())), failed_by_reason=dict(failed))
+                          by_locale=dict(sorted(by_locale.items())), failed_by_reason=dict(failed),
+                          by_channel=dict(sorted(by_channel.items())))

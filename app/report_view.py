@@ -24,6 +24,15 @@ def print_report(report: CampaignReport, console: Console) -> None:
         t.add_row(name, *(str(v) for v in (f.audience, f.sent, f.suppressed, f.failed, f.in_doubt, f.pending)),
                   style="bold" if name == "all" else None)
     console.print(t)
+    if len(report.by_channel) > 1 or report.total.queued or report.total.delivered:
+        ch = Table(title="by channel")
+        for col in ("channel", "sent", "delivered", "queued", "suppressed", "failed", "in doubt", "pending", "cost"):
+            ch.add_column(col, justify="right" if col != "channel" else "left")
+        for name, f in [*report.by_channel.items(), ("all", report.total)]:
+            ch.add_row(name, *(str(v) for v in (f.sent, f.delivered, f.queued, f.suppressed, f.failed, f.in_doubt,
+                                                 f.pending, f"{f.cost:.2f}")),
+                       style="bold" if name == "all" else None)
+        console.print(ch)
     if report.total.suppressed_by_reason:
         r = Table(title="suppressed by reason")
         r.add_column("reason")
@@ -38,10 +47,14 @@ def print_report(report: CampaignReport, console: Console) -> None:
 def report_csv(report: CampaignReport) -> str:
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["campaign", "locale", "audience", "sent", "suppressed", "failed", "in_doubt", "pending"])
-    rows: list[tuple[str, Figures]] = [*report.by_locale.items(), ("all", report.total)]
-    for name, f in rows:
-        w.writerow([report.campaign, name, f.audience, f.sent, f.suppressed, f.failed, f.in_doubt, f.pending])
+    w.writerow(["campaign", "by", "value", "audience", "sent", "delivered", "queued", "suppressed", "failed",
+                "in_doubt", "pending", "cost"])
+    rows: list[tuple[str, str, Figures]] = [*(("locale", k, f) for k, f in report.by_locale.items()),
+                                            *(("channel", k, f) for k, f in report.by_channel.items()),
+                                            ("all", "all", report.total)]
+    for by, name, f in rows:
+        w.writerow([report.campaign, by, name, f.audience, f.sent, f.delivered, f.queued, f.suppressed, f.failed,
+                    f.in_doubt, f.pending, f"{f.cost:.4f}"])
     return out.getvalue()
 
 
@@ -56,7 +69,7 @@ async def follow(view: service.CampaignView, *, engine, client, console: Console
         task = bar.add_task(view.key, total=view.total, sent=0, suppressed=0, failed=0, in_doubt=0)
         while True:
             c = view.counts
-            done = c.sent + c.suppressed + c.failed + c.in_doubt + c.already_done + c.held_out
+            done = c.sent + c.queued + c.suppressed + c.failed + c.in_doubt + c.already_done + c.held_out
             bar.update(task, total=view.total, completed=done, sent=c.sent, suppressed=c.suppressed,
                        failed=c.failed, in_doubt=c.in_doubt, description=f"{view.key} ({view.status})")
             only_waiting = bool(view.pending) and view.total is not None and \

@@ -186,9 +186,21 @@ def e164(number: str) -> str:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
+# Twilio's test credentials answer these "magic" To numbers with an error; the sandbox does the same, so a
+# demo or a test can show what a refused number does (https://www.twilio.com/docs/iam/test-credentials)
+SANDBOX_MAGIC = {"+15005550001": (21211, "The 'To' number is not a valid phone number."),
+                 "+15005550004": (21610, "Attempt to send to unsubscribed recipient"),
+                 "+15005550009": (21614, "'To' number is not a valid mobile number")}
+
+
 def _sandbox_answer(recorded_id: str, request: requests.PreparedRequest) -> tuple[int, dict[str, Any]]:
-    """What Twilio answers a Messages create: the message, queued (SID "SM" + the recorded request's id)."""
+    """What Twilio answers a Messages create: the message, queued (SID "SM" + the recorded request's id);
+    for a magic test number, Twilio's error."""
     form = {k: v[0] for k, v in parse_qs(sandbox.body_text(request.body), keep_blank_values=True).items()}
+    magic = SANDBOX_MAGIC.get(form.get("To", "").removeprefix("whatsapp:"))
+    if magic is not None:
+        return 400, {"code": magic[0], "message": magic[1], "status": 400,
+                     "more_info": f"https://www.twilio.com/docs/errors/{magic[0]}"}
     account = (request.path_url or "").split("/")[3] if (request.path_url or "").count("/") >= 4 else ""
     sid = "SM" + f"sandbox{recorded_id}".rjust(32, "0")[-32:]
     return 201, {"sid": sid, "account_sid": account, "to": form.get("To"), "from": form.get("From"),

@@ -133,3 +133,19 @@ async def test_sandbox_records_the_exact_request_and_sends_nothing(twilio):
     assert rec.headers["Authorization"] == "[redacted]"
     assert "Body=%D0%94%D0%B2%D0%BE%D0%B9%D0%BD%D1%8B%D0%B5" in rec.body and "To=whatsapp%3A%2B14155552671" in rec.body
     assert receipt.provider_message_id.startswith("SM")
+
+
+@pytest.mark.parametrize(("number", "code", "revoke"), [("+15005550001", "21211", False),
+                                                        ("+15005550004", "21610", True),
+                                                        ("+15005550009", "21614", False)])
+async def test_sandbox_answers_twilios_magic_test_numbers_with_their_errors(twilio, number, code, revoke):
+    from channels.sms_twilio import TwilioSmsChannel
+
+    recorder = _Recorder()
+    ch = TwilioSmsChannel(TwilioConfig(account_sid=SID, auth_token=TOKEN, sender="+15005550006"),
+                          sandbox_recorder=recorder)
+    with pytest.raises(PermanentChannelError) as info:
+        await ch.send(wa(to=number))
+    await ch.aclose()
+    assert (info.value.code, info.value.revoke_address) == (code, revoke)
+    assert len(recorder.requests) == 1 and twilio.requests == []
