@@ -8,8 +8,9 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.delivery import DeliveryActivities
+from activities.direct_mail import DirectMailActivities
 from activities.triggers import TriggerActivities
-from app.settings import Settings
+from app.settings import Settings, get_settings
 from channels.email_smtp import SmtpConfig, SmtpEmailChannel
 from channels.registry import ChannelRegistry
 from consent.tokens import Signer
@@ -42,17 +43,26 @@ def channel_registry(settings: Settings, engine: Engine) -> ChannelRegistry:
 def delivery_activities(settings: Settings, *, engine: Engine | None = None,
                         cls: type[DeliveryActivities] = DeliveryActivities) -> DeliveryActivities:
     engine = engine or make_engine(settings.db_url)
-    return cls(
+    acts = cls(
         engine=engine, renderer=Renderer(), registry=channel_registry(settings, engine),
         signer=signer(settings), base_url=settings.base_url, unsubscribe_mailto=settings.unsubscribe_mailto,
     )
+    # the direct-mail hand-over shares the engine; activity_list registers it (its folder is a setting)
+    acts.direct_mail = direct_mail_activities(settings, engine)  # type: ignore[attr-defined]
+    return acts
+
+
+def direct_mail_activities(settings: Settings, engine: Engine) -> DirectMailActivities:
+    return DirectMailActivities(engine=engine, out_dir=settings.var_dir / "direct_mail")
 
 
 def activity_list(acts: DeliveryActivities) -> list:
     triggers = TriggerActivities(engine=acts._engine, delivery=acts)
+    mail: DirectMailActivities = getattr(acts, "direct_mail", None) or \
+        direct_mail_activities(get_settings(), acts._engine)
     return [acts.count_audience, acts.plan_pages, acts.set_campaign_status, acts.deliver_batch,
             acts.pending_summary, acts.expire_pending, acts.deliver_due,
-            triggers.match_events, triggers.match_scheduled]
+            triggers.match_events, triggers.match_scheduled, mail.hand_over_letters]
 
 
 def build_worker(client: Client, settings: Settings, acts: DeliveryActivities | None = None) -> Worker:

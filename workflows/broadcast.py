@@ -9,6 +9,9 @@ so that windows, caps and due times follow workflow time (and the time-skipping 
 A step runs in two phases: ``pages`` (every recipient gets a delivery row; those outside their window
 or beyond the budget stay planned) and ``pending`` (wait until the earliest window opens or the budget
 is raised, then page over the planned rows again), until nothing is planned or the end date passes.
+With direct mail among the campaign's channels (``hand_over``), the step's queued letters are then handed
+over as a print-ready batch (``activities.direct_mail``) and count as sent; also when the campaign stops
+early (cancel, end date): those letters were rendered and paid for.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from workflows import retry
@@ -31,6 +35,8 @@ with workflow.unsafe.imports_passed_through():
         Deferral,
         DeliverBatch,
         ExpirePending,
+        HandOver,
+        HandOverResult,
         PagePlan,
         PendingSummary,
         PlanPages,
@@ -38,6 +44,8 @@ with workflow.unsafe.imports_passed_through():
         RunState,
         StatusChange,
     )
+
+HAND_OVER_PATCH = "direct-mail-hand-over"
 
 
 @workflow.defn
@@ -98,9 +106,12 @@ class BroadcastCampaign(CampaignControls):
                         break
                     self._total = (self._total or 0) + await self._count(sref)
                 if not await self._pages(inp, sref, index):
+                    await self._hand_over(inp, sref)
                     break
                 inp = replace(inp, phase="pending", cursor=0)
-            if not await self._drain_pending(inp, sref):
+            drained = await self._drain_pending(inp, sref)
+            await self._hand_over(inp, sref)
+            if not drained:
                 break
             inp = replace(inp, phase="pages", cursor=0, step_done_at=workflow.now().isoformat(),
                           step_index=index + 1)
@@ -277,6 +288,35 @@ class BroadcastCampaign(CampaignControls):
         )
         self._counts = self._counts + dropped
         self._pending = {}
+
+    async def _hand_over(self, inp: BroadcastInput, ref: CampaignRef) -> None:
+        """Direct mail: the step's queued letters become print-ready batches (numbered parts when there are
+        many), and move from ``queued`` to ``sent`` in the counts. Not held by a pause: the letters are
+        already made. A batch that cannot be printed as configured leaves its letters queued (the
+        ``clarion direct-mail hand-over`` command takes them up once it is fixed); the campaign goes on."""
+        if not inp.hand_over or not workflow.patched(HAND_OVER_PATCH):
+            return
+        counted = 0
+        while True:
+            try:
+                result = await workflow.execute_activity(
+                    "hand_over_letters",
+                    HandOver(campaign_id=ref.campaign_id, step=ref.step, occurrence=ref.occurrence,
+                             now=workflow.now().isoformat()),
+                    result_type=HandOverResult,
+                    start_to_close_timeout=retry.HAND_OVER_START_TO_CLOSE,
+                    heartbeat_timeout=retry.HAND_OVER_HEARTBEAT, retry_policy=retry.HAND_OVER,
+                )
+            except ActivityError as exc:
+                workflow.logger.warning("direct mail of step %s not handed over: %s", ref.step, exc.cause or exc)
+                return
+            # the step's total so far, whoever handed it over (a lost result, the CLI): never counted twice
+            moved = result.handed_over - counted
+            if moved:
+                self._counts = self._counts + Counts(queued=-moved, sent=moved)
+            counted = result.handed_over
+            if not result.more:
+                return
 
     async def _set_status(self, ref: CampaignRef, status: str) -> None:
         await workflow.execute_activity(

@@ -90,6 +90,7 @@ class BroadcastInput:
     phase: str = "pages"                  # carried over: "pages" (first pass) or "pending" (deferred rows)
     step_done_at: str | None = None       # carried over: when the previous step finished (follow-up timer)
     steps: list[StepPlan] = field(default_factory=lambda: [StepPlan()])
+    hand_over: bool = False               # direct mail is among the channels: hand each step's letters over
 
 
 @dataclass(frozen=True)
@@ -233,3 +234,23 @@ class ScheduledRunInput:
 class StatusChange:
     campaign_id: int
     status: str
+
+
+@dataclass(frozen=True)
+class HandOver:
+    """Hand over a step's queued direct-mail letters as a print-ready batch (``activities.direct_mail``)."""
+
+    campaign_id: int
+    step: str = "main"
+    occurrence: str | None = "wave-1"     # None = every occurrence (a triggered campaign: one per event)
+    now: str | None = None                # ISO 8601: dates the batch name when ``occurrence`` is None
+
+
+@dataclass(frozen=True)
+class HandOverResult:
+    letters: int                          # letters in this batch (0: nothing was queued, nothing written)
+    pages: int
+    batch: str | None                     # the batch's name (the PDF's stem), kept in stored_message.batch
+    path: str | None                      # the PDF; its manifest is beside it (.json)
+    more: bool = False                    # more letters are queued: another part follows (``part_size``)
+    handed_over: int = 0                  # letters of the step (and wave) handed over so far, by anyone

@@ -16,3 +16,11 @@ DELIVERY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficien
                        non_retryable_error_types=["CampaignNotFound", "InvalidCampaign"])
 DELIVERY_START_TO_CLOSE = timedelta(minutes=10)
 DELIVERY_HEARTBEAT = timedelta(seconds=30)
+
+# a direct-mail hand-over: one batch PDF of at most 1,000 letters (~15 s of rendering, more on a busy
+# worker); a retry takes up the same batch with the same letters (activities.direct_mail)
+HAND_OVER = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                        maximum_interval=timedelta(seconds=60), maximum_attempts=20,
+                        non_retryable_error_types=["CampaignNotFound", "UnprintableBatch"])
+HAND_OVER_START_TO_CLOSE = timedelta(minutes=10)
+HAND_OVER_HEARTBEAT = timedelta(seconds=60)
