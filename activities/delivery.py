@@ -872,7 +872,7 @@ class DeliveryActivities:
                 .values(status=bindparam("b_status"), reason=bindparam("b_reason"),
                         error_code=bindparam("b_code"), provider_message_id=bindparam("b_pmid"),
                         cost=bindparam("b_cost"), channel=bindparam("b_channel"), locale=bindparam("b_locale"),
-                        attempts=bindparam("b_attempts", type_=JSON), due_at=bindparam("b_due"),
+                        attempts=bindparam("b_attempts", type_=JSON(none_as_null=True)), due_at=bindparam("b_due"),
                         updated_at=utcnow()))
         params, refund = [], Decimal(0)
         for o in outcomes:

@@ -146,7 +146,7 @@ class Member(SQLModel, table=True):
     phone: str | None = Field(default=None, max_length=20)  # E.164
     telegram_chat_id: str | None = Field(default=None, max_length=32)
     # postal address for direct mail: {name, line1, line2, postcode, city, region, country}
-    postal_address: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    postal_address: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))
     whatsapp_inbound_at: datetime | None = _ts(default=None)   # opens WhatsApp's 24 h window
     attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _ts(default_factory=utcnow)
@@ -287,7 +287,7 @@ class Delivery(SQLModel, table=True):
     provider_message_id: str | None = Field(default=None, max_length=255)
     error_code: str | None = Field(default=None, max_length=64)
     # channels tried before this one (fallback): [{"channel": "sms", "code": "21211"}]
-    attempts: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    attempts: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))
     created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
     sent_at: datetime | None = _ts(default=None)

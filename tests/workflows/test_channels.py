@@ -156,6 +156,10 @@ async def test_a_bad_number_falls_back_to_email_for_the_same_delivery(
     assert (rows[failed_first].channel, rows[failed_first].status) == ("email", "sent")
     assert rows[failed_first].attempts == [{"channel": "sms", "code": "21211"}]
     assert (rows[other].channel, rows[other].status, rows[other].attempts) == ("sms", "sent", None)
+    from storage.tables import Delivery
+    with Session(engine) as s:   # SQL NULL, not JSON null: "which deliveries fell back" is a plain query
+        fell_back = s.scalars(select(Delivery.member_id).where(Delivery.attempts.is_not(None))).all()
+    assert fell_back == [failed_first]
     assert len(twilio.requests) == 2                       # nobody got a second SMS
     assert smtp_server.recipients() == [f"m{1 if failed_first == a else 2}@test.example"]
 
