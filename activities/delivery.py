@@ -130,7 +130,7 @@ class CampaignContext:
     program: dict[str, Any]
     program_locale: str
     program_tz: str
-    channels: tuple[str, ...]        # the fallback order
+    channels: tuple[str, ...]        # the fallback order (then the channels only follow-up steps use)
     costs: dict[str, Decimal]
     window: Any                      # schedule.DailyWindow | None
     quiet: dict[str, Any]            # channel → schedule.QuietHours | None
@@ -141,6 +141,10 @@ class CampaignContext:
     def channel(self) -> str:
         """The first channel of the order."""
         return self.channels[0]
+
+    def order(self, step: str) -> tuple[str, ...]:
+        """The step's channels in fallback order."""
+        return tuple(c.value for c in self.spec.channels_for(step))
 
     def info(self) -> CampaignInfo:
         return CampaignInfo(id=self.id, key=self.key, name=self.spec.name, program_id=self.program_id,
@@ -465,7 +469,7 @@ class DeliveryActivities:
             assert program is not None
             spec = CampaignSpec.model_validate(row.spec)
             rules = program_rules(program.settings)
-            channels = tuple(c.value for c in spec.channels)
+            channels = tuple(c.value for c in spec.all_channels)
             caps = [*spec.caps]
             if spec.topic != SERVICE_TOPIC:
                 caps += [c for c in rules.caps if c.scope == CapScope.program]
@@ -532,10 +536,11 @@ class DeliveryActivities:
                     states: dict[str, dict[int, dict[str, str]]]) -> tuple[str, str | None, str, str]:
         """(status, reason, channel, locale) of a new delivery row: held out, suppressed or planned on the
         member's first possible channel."""
+        first = ctx.order(step)[0]
         if ctx.spec.holdout and held_out(ctx.key, m.id, ctx.spec.holdout):
-            return DeliveryStatus.held_out, CONTROL, ctx.channel, self.locale_for(ctx, step, m.locale, ctx.channel)
-        choice = self._candidates(ctx, m, states, ())
-        channel = choice.channels[0] if choice.channels else ctx.channel
+            return DeliveryStatus.held_out, CONTROL, first, self.locale_for(ctx, step, m.locale, first)
+        choice = self._candidates(ctx, step, m, states, ())
+        channel = choice.channels[0] if choice.channels else first
         locale = self.locale_for(ctx, step, m.locale, channel)
         if not choice.channels:
             return DeliveryStatus.suppressed, choice.reason, channel, locale
@@ -548,10 +553,11 @@ class DeliveryActivities:
         states = self._states(s, ctx, [m.id for m in members])
         return {m.id: self.initial_row(ctx, step, m, states) for m in members}
 
-    def _candidates(self, ctx: CampaignContext, m: _Member, states: dict[str, dict[int, dict[str, str]]],
-                    tried: Sequence[str]) -> Any:
-        return candidates(ctx.channels, topic=ctx.spec.topic, contacts=m.contacts,
-                          states={c: states.get(c, {}).get(m.id, {}) for c in ctx.channels}, tried=tried)
+    def _candidates(self, ctx: CampaignContext, step: str, m: _Member,
+                    states: dict[str, dict[int, dict[str, str]]], tried: Sequence[str]) -> Any:
+        order = ctx.order(step)
+        return candidates(order, topic=ctx.spec.topic, contacts=m.contacts,
+                          states={c: states.get(c, {}).get(m.id, {}) for c in order}, tried=tried)
 
     def _route(self, ctx: CampaignContext, step: str, delivery_id: int, m: _Member,
                states: dict[str, dict[int, dict[str, str]]], attempts: Any,
@@ -559,7 +565,7 @@ class DeliveryActivities:
         """(target, when, reason): where a planned row goes now. ``when`` is ``now`` to send now, a later
         time to wait for a window, None with a reason when no channel is left (suppressed)."""
         tried = tried_channels(attempts)
-        choice = self._candidates(ctx, m, states, tried)
+        choice = self._candidates(ctx, step, m, states, tried)
         if not choice.channels:
             return None, None, choice.reason
         channel, when = pick(choice.channels, now, lambda c: self._window_opens(ctx, m.time_zone, now, c))

@@ -30,7 +30,7 @@ from app.settings import Settings
 from campaigns.spec import CampaignSpec
 from members.service import get_program
 from storage.db import session_scope
-from storage.tables import Campaign, CampaignStatus
+from storage.tables import Campaign, CampaignStatus, ChannelName
 from templates.render import Renderer, TemplateProblem
 from workflows.broadcast import BroadcastCampaign
 from workflows.contracts import (
@@ -75,24 +75,28 @@ def spec_hash(spec: CampaignSpec) -> str:
 
 
 def check_template(spec: CampaignSpec, renderer: Renderer) -> None:
-    """Every template of the campaign (main and follow-ups) compiles in every locale, for every channel of
-    the campaign, and has a body in its default locale for each of them."""
-    templates = {spec.template, *(f.template for f in spec.follow_ups if f.template)}
+    """Every step's template compiles in every locale, for every channel of that step, and has a body in
+    its default locale for each of them."""
     problems: list[tuple[str, str]] = []
-    for name in sorted(templates):
-        try:
-            meta = renderer.meta(name)
-            for channel in (c.value for c in spec.channels):
+    seen: set[tuple[str, str]] = set()
+    for step in spec.steps:
+        name = spec.template_for(step)
+        for channel in (c.value for c in spec.channels_for(step)):
+            if (name, channel) in seen:
+                continue
+            seen.add((name, channel))
+            try:
+                meta = renderer.meta(name)
                 if channel == "email":
                     for locale in meta["locales"]:
                         renderer.compiled(name, locale)
                 renderer.resolve_locale(name, None, None, channel=channel)
                 for locale in meta["channel_locales"].get(channel, []) if channel != "email" else []:
                     renderer.channel_compiled(name, channel, locale)
-        except TemplateProblem as exc:
-            problems.append(("template", str(exc)))
+            except TemplateProblem as exc:
+                problems.append(("template", str(exc)))
     if problems:
-        raise Invalid(problems)
+        raise Invalid(list(dict.fromkeys(problems)))
 
 
 async def launch(*, engine: Engine, client: Client, settings: Settings, spec: CampaignSpec,
@@ -145,7 +149,7 @@ def _workflow_and_input(spec: CampaignSpec, campaign_id: int, settings: Settings
     return BroadcastCampaign.run, BroadcastInput(
         campaign_id=campaign_id, start_at=start_at, page_size=settings.page_size,
         concurrency=settings.batch_concurrency, end_at=None if recurring else end_at, steps=steps,
-        recurring=recurring)
+        recurring=recurring, hand_over=ChannelName.direct_mail in spec.all_channels)
 
 
 async def _ensure_schedule(client: Client, settings: Settings, spec: CampaignSpec, campaign_id: int,

@@ -44,6 +44,8 @@ app.add_typer(events_app, name="events")
 app.add_typer(segment_app, name="segment")
 app.add_typer(channels_app, name="channels")
 app.command("outbox")(outbox)
+from app.direct_mail_cli import register as _register_direct_mail  # noqa: E402
+_register_direct_mail(app)
 
 out = Console()
 err = Console(stderr=True)

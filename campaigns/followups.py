@@ -1,7 +1,8 @@
 """Who a follow-up step goes to: members sent the campaign's main step who did (or did not) respond.
 
 Compiled to SQL over ``member`` like the audience: opened / clicked come from ``response`` rows of the
-main delivery; bought means a purchase event after the main message was sent.
+main delivery; bought means a purchase event after the main message was sent; delivered means the
+delivery reached ``delivered`` (a provider's delivery report, a printed receipt, a read inbox message).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from sqlalchemy import ColumnElement, exists, not_, select
 from campaigns.spec import FollowUp
 from storage.tables import Delivery, DeliveryStatus, Event, Member, Response, ResponseKind
 
-_REACHED = (DeliveryStatus.sent, DeliveryStatus.delivered)
+_REACHED = (DeliveryStatus.sent, DeliveryStatus.delivered, DeliveryStatus.queued)
 _KINDS = {
     "opened": (ResponseKind.opened, ResponseKind.clicked),  # a click implies the message was opened
     "clicked": (ResponseKind.clicked,),
@@ -24,7 +25,9 @@ def followup_clause(campaign_id: int, follow_up: FollowUp, *, occurrence: str,
     target = follow_up.to
     positive = not target.value.startswith("not_")
     what = target.value.removeprefix("not_")
-    if what == "bought":
+    if what == "delivered":
+        responded = Delivery.status == DeliveryStatus.delivered
+    elif what == "bought":
         responded = exists(select(Event.id).where(
             Event.member_id == Delivery.member_id, Event.type == "purchase",
             Event.occurred_at > Delivery.sent_at))  # type: ignore[operator]

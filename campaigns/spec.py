@@ -107,6 +107,8 @@ class Trigger(BaseModel):
 
 
 class FollowUpTarget(StrEnum):
+    not_delivered = "not_delivered"    # no delivery report (SMS/WhatsApp callback, printed, read) came back
+    delivered = "delivered"
     not_opened = "not_opened"
     opened = "opened"
     not_clicked = "not_clicked"
@@ -124,6 +126,16 @@ class FollowUp(BaseModel):
     after: Duration
     to: FollowUpTarget
     template: Annotated[str | None, Field(pattern=KEY)] = None
+    # this step's channels in fallback order (default: the campaign's); e.g. no delivery report within
+    # 2 h on WhatsApp → SMS: {step: by-sms, after: 2h, to: not_delivered, channels: [sms]}
+    channels: Annotated[list[ChannelName] | None, Field(min_length=1)] = None
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct(cls, v: list[ChannelName] | None) -> list[ChannelName] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("list each channel once: the order is the fallback order")
+        return v
 
     @field_validator("after")
     @classmethod
@@ -225,6 +237,18 @@ class CampaignSpec(BaseModel):
 
     def follow_up(self, step: str) -> FollowUp | None:
         return next((f for f in self.follow_ups if f.step == step), None)
+
+    def channels_for(self, step: str) -> list[ChannelName]:
+        f = self.follow_up(step)
+        return (f.channels if f and f.channels else None) or self.channels
+
+    @property
+    def all_channels(self) -> list[ChannelName]:
+        """Every channel any step may use, the campaign's first."""
+        seen = list(self.channels)
+        for f in self.follow_ups:
+            seen += [c for c in (f.channels or []) if c not in seen]
+        return seen
 
     def template_for(self, step: str) -> str:
         f = self.follow_up(step)

@@ -34,12 +34,13 @@ from storage.tables import (
     PushToken,
     SandboxMessage,
     StoredMessage,
+    utcnow,
 )
 from tests.channels.fake_fcm import FakeFcm, running_fake_fcm
 from tests.channels.fake_twilio import FakeTwilio, running_fake_twilio
 from tests.factories import make_campaign
-from tests.workflows.conftest import bulk_members, by_member, deliveries, set_program_settings
-from workflows.contracts import BatchResult, DeliverBatch
+from tests.workflows.conftest import bulk_members, by_member, deliveries, set_program_settings, wait_for
+from workflows.contracts import BatchResult, DeliverBatch, StepPlan
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -417,3 +418,33 @@ async def test_without_a_bot_telegram_goes_to_the_sandbox(workers, engine: Engin
     form = {k: v[0] for k, v in parse_qs(rec.body).items()}
     assert form["chat_id"] == "5550003" and form["parse_mode"] == "HTML"
     assert form["text"].startswith("<b>Name1, 500 bonus points this weekend</b>")
+
+
+async def test_no_delivery_report_within_the_wait_sends_the_follow_up_on_the_next_channel(
+        workers, engine: Engine, twilio: FakeTwilio, smtp_server: Any) -> None:
+    """Optional fallback by time: WhatsApp first; members whose message got no delivery report within 2 h
+    get the email step; those Twilio reported delivered get nothing more."""
+    from analytics.tracking import apply_status
+    from channels.base import StatusEvent
+
+    program, (a, b) = bulk_members(engine, 2)
+    set_program_settings(engine, program, NO_QUIET)
+    use_twilio(engine, twilio, channel="whatsapp")
+    for i, mid in enumerate((a, b)):
+        contacts(engine, mid, phone=f"+1415555020{i}", consent=("whatsapp",))
+    with session_scope(engine) as s:
+        for mid in (a, b):
+            s.get(Member, mid).whatsapp_inbound_at = utcnow()
+    cid = make_campaign(engine, program, channels=["whatsapp"], template="weekend_offer", follow_ups=[
+        {"step": "by-email", "after": "2h", "to": "not_delivered", "channels": ["email"]}])
+    async with workers(engine=engine) as rig:
+        handle = await rig.start(cid, page_size=50, steps=[StepPlan("main"), StepPlan("by-email", 7200.0)])
+        await wait_for(lambda: len(twilio.requests) == 2, what="two WhatsApp messages")
+        first = next(r for r in deliveries(engine, cid, step="main") if r.member_id == a)
+        with session_scope(engine) as s:
+            apply_status(session=s, event=StatusEvent(first.provider_message_id, "delivered", event_id="e1"),
+                         channels={"whatsapp"}, program_ids={program})
+        await handle.result()   # the server skips the 2 h wait
+    follow = by_member(deliveries(engine, cid, step="by-email"))
+    assert set(follow) == {b} and (follow[b].channel, follow[b].status) == ("email", "sent")
+    assert smtp_server.recipients() == ["m2@test.example"]
