@@ -9,7 +9,6 @@ deep link; Telegram its URL buttons; the receipt, inbox and letter their heading
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 

@@ -54,7 +54,7 @@ Errors, mapped once here (https://firebase.google.com/docs/reference/fcm/rest/v1
     FCMError before any answer: no OAuth token (pyfcm wraps google-auth's error in InvalidDataError)
     ├── google-auth TransportError, or an error it marks retryable   → TransientChannelError("oauth_unavailable")
     └── anything else (key refused, account deleted)                 → PermanentChannelError("oauth_refused")
-    requests.RequestException (no answer): channels.sms_twilio.map_transport_error
+    requests.RequestException (no answer): channels.http.map_transport_error
     ├── refused, unreachable, ConnectTimeout (nothing sent)          → TransientChannelError
     └── ReadTimeout, connection dropped after sending, broken answer → InDoubtChannelError
     before any request: no token → PermanentChannelError("no_token"); a non-string data key or value →
@@ -103,7 +103,7 @@ from channels.base import (
     TransientChannelError,
     current_delivery,
 )
-from channels.sms_twilio import _retry_after, map_transport_error  # the requests-level rules, shared
+from channels.http import map_transport_error, retry_after_seconds
 from storage.tables import ChannelName
 
 FCM_URL = "https://fcm.googleapis.com"
@@ -176,9 +176,9 @@ def map_fcm_error(http_status: int, body: object, retry_after: str | None) -> Ch
         return PermanentChannelError("push: APNs or web push refused our credentials: a configuration problem "
                                      "(APNs certificate / auth key, VAPID key in the Firebase project)", code=code)
     if err.error_code == "QUOTA_EXCEEDED" or http_status == 429:
-        return RateLimited(f"push: FCM quota exceeded ({code})", retry_after=_retry_after(retry_after), code=code)
+        return RateLimited(f"push: FCM quota exceeded ({code})", retry_after=retry_after_seconds(retry_after), code=code)
     if err.error_code in ("UNAVAILABLE", "INTERNAL") or http_status in (500, 503):
-        wait = _retry_after(retry_after)
+        wait = retry_after_seconds(retry_after)
         if wait is not None:
             return RateLimited(f"push: FCM unavailable ({code}), retry after {wait:g} s", retry_after=wait,
                                code=code)

@@ -44,8 +44,6 @@ import asyncio
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
@@ -56,7 +54,6 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
-from urllib3.exceptions import NewConnectionError
 
 from channels import sandbox
 from channels.base import (
@@ -70,9 +67,9 @@ from channels.base import (
     SandboxRecorder,
     SendReceipt,
     StatusEvent,
-    TransientChannelError,
     current_delivery,
 )
+from channels.http import map_transport_error, retry_after_seconds
 from channels.sms_text import sms_segments
 from storage.tables import ChannelName
 
@@ -114,22 +111,6 @@ class _RecordingHttpClient(TwilioHttpClient):
         return lowered.get(name.lower())
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 def map_twilio_error(exc: TwilioRestException | TwilioServiceException, retry_after: str | None, *,
                      label: str = "sms") -> ChannelError:
     code, status = exc.code, exc.status
@@ -140,7 +121,7 @@ def map_twilio_error(exc: TwilioRestException | TwilioServiceException, retry_af
     if code in INVALID_TO:
         return PermanentChannelError(f"{label}: Twilio refused the number ({code})", code=code_str)
     if code == TOO_MANY_REQUESTS or status == 429:
-        return RateLimited(f"{label}: Twilio rate limit ({code_str})", retry_after=_retry_after(retry_after),
+        return RateLimited(f"{label}: Twilio rate limit ({code_str})", retry_after=retry_after_seconds(retry_after),
                            code=code_str)
     if status >= 500:
         return InDoubtChannelError(f"{label}: Twilio server error {status}; it may have accepted the message",
@@ -149,30 +130,6 @@ def map_twilio_error(exc: TwilioRestException | TwilioServiceException, retry_af
         return PermanentChannelError(f"{label}: Twilio refused the message ({status}, {code_str})",
                                      code=code_str)
     return InDoubtChannelError(f"{label}: unexpected answer from Twilio ({status})", code=code_str)
-
-
-def _never_connected(exc: BaseException) -> bool:
-    """True when a requests error shows no connection was made (so nothing was sent)."""
-    if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError)):
-        return True
-    seen: set[int] = set()
-    todo: list[object] = [exc]
-    while todo:
-        e = todo.pop()
-        if id(e) in seen or not isinstance(e, BaseException):
-            continue
-        seen.add(id(e))
-        if isinstance(e, NewConnectionError):
-            return True
-        todo.extend([getattr(e, "reason", None), e.__cause__, e.__context__, *e.args])
-    return False
-
-
-def map_transport_error(exc: requests.RequestException, *, label: str = "sms", provider: str = "Twilio") -> ChannelError:
-    kind = type(exc).__name__
-    if _never_connected(exc):
-        return TransientChannelError(f"{label}: cannot reach {provider} ({kind}); nothing was sent")
-    return InDoubtChannelError(f"{label}: no answer from {provider} after sending ({kind}); do not resend blindly")
 
 
 def e164(number: str) -> str:
