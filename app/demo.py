@@ -180,6 +180,8 @@ async def omnichannel_demo(settings: Settings, engine: Engine, client: Client, c
                   (", ".join(f"{c} {n}" for c, n in sorted(counts.items())) or "empty"))
     console.print("kept by Clarion: " + ", ".join(f"{c} {n}" for c, n in sorted(stored.items())) +
                   " (tills: GET /api/v1/pos/receipt-messages; app: GET /api/v1/members/{id}/inbox)")
+    for pdf in sorted((settings.var_dir / "direct_mail").glob(f"{spec.program}/{spec.key}/*.pdf")):
+        console.print(f"direct mail print batch: {pdf} (`clarion direct-mail batches {spec.program} {spec.key}`)")
 
 
 def demo_purchases(n: int, members: int, seed: int = 7) -> list[dict]:
