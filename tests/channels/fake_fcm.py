@@ -19,11 +19,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs
 
 from google.auth.credentials import Credentials
+
+from tests.channels.fake_http import QuietHandler, serving
 
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
@@ -132,12 +134,7 @@ def _claims(assertion: str) -> dict[str, Any]:
 
 
 def _handler(fake: FakeFcm) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if self.path == "/token":
@@ -181,17 +178,7 @@ def _handler(fake: FakeFcm) -> type[BaseHTTPRequestHandler]:
             self._json(200, {"access_token": fake.issue_token(), "expires_in": 3599, "token_type": "Bearer"})
 
         def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            try:
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up waiting (the read-timeout test)
+            self.send_json(status, payload, headers, content_type="application/json; charset=UTF-8")
 
     return Handler
 
@@ -222,14 +209,5 @@ class FakeCredentials(Credentials):
 @contextmanager
 def running_fake_fcm() -> Iterator[FakeFcm]:
     fake = FakeFcm()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    server.daemon_threads = True
-    server.block_on_close = False
-    fake.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(fake)) as fake.port:
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.channels.fake_http import QuietHandler, serving
 from tests.conftest import free_port
 
 BOT_USER = {"id": 777000111, "is_bot": True, "first_name": "Clarion", "username": "clarion_test_bot",
@@ -105,12 +106,7 @@ def _params(content_type: str, raw: bytes, query: str) -> dict[str, Any]:
 
 
 def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
-
+    class Handler(QuietHandler):
         def do_GET(self) -> None:  # noqa: N802
             self._handle()
 
@@ -183,36 +179,16 @@ def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
             self._json(status, payload)
 
         def _json(self, status: int, payload: dict[str, Any]) -> None:
-            self._send(status, json.dumps(payload).encode(), "application/json")
+            self.send_json(status, payload)
 
         def _send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            try:
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up waiting (the read-timeout test)
+            self.send_body(status, body, content_type)
 
     return Handler
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128    # socketserver's default backlog of 5 drops concurrent SYNs (a 1 s stall)
 
 
 @contextmanager
 def running_fake_telegram(token: str | None = None) -> Iterator[FakeTelegram]:
     fake = FakeTelegram(token=token)
-    server = _Server(("127.0.0.1", 0), _handler(fake))
-    fake.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(fake)) as fake.port:
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -4,15 +4,16 @@ that records every request and answers like Twilio, or with a scripted error, or
 from __future__ import annotations
 
 import base64
-import json
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs
+
+from tests.channels.fake_http import QuietHandler, serving
 
 
 @dataclass
@@ -64,12 +65,7 @@ class FakeTwilio:
 
 
 def _handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length).decode()
@@ -99,17 +95,7 @@ def _handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
             }, answer.headers)
 
         def _json(self, status: int, payload: dict, headers: dict[str, str]) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            try:
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up waiting (the read-timeout test)
+            self.send_json(status, payload, headers)
 
     return Handler
 
@@ -119,21 +105,8 @@ def _error(status: int, code: int, message: str) -> dict:
             "status": status}
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 128    # the default backlog of 5 stalls concurrent connects for ~1 s
-
-
 @contextmanager
 def running_fake_twilio() -> Iterator[FakeTwilio]:
     fake = FakeTwilio()
-    server = _Server(("127.0.0.1", 0), _handler(fake))
-    server.daemon_threads = True
-    server.block_on_close = False
-    fake.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(fake)) as fake.port:
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
