@@ -386,7 +386,7 @@ for _action in ("status", "pause", "resume", "cancel"):
 @friendly
 def report(key: str, program: ProgramOpt,
            format: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table") -> None:
-    """The campaign report: audience, suppressed by reason, sent, failed; by locale."""
+    """The campaign report: audience, suppressed by reason, sent, delivered, failed, cost; by locale and channel."""
     from analytics.report import campaign_report
     from app.errors import NotFound
     from app.report_view import print_report, report_csv

@@ -25,6 +25,7 @@ from analytics.tracking import apply_status, record_reply
 from app.api.deps import EngineDep, SettingsDep
 from channels.accounts import parse_account
 from channels.sms_twilio import parse_inbound, parse_status, verify_signature
+from channels.telegram import parse_update, verify_secret
 from channels.whatsapp_twilio import REVOKING_CODES
 from consent.keywords import apply_keyword, grant_topics
 from consent.links import redeem
@@ -143,8 +144,6 @@ async def twilio_inbound(request: Request, engine: EngineDep, settings: Settings
 async def telegram_update(program_key: str, request: Request, engine: EngineDep) -> Response:
     """An update for the program's bot: ``/start <link>`` ties the chat to the member and grants the link's
     topics; ``/stop`` or blocking the bot revokes Telegram; any other text is a reply."""
-    from channels.telegram import parse_update, verify_secret
-
     with Session(engine) as s:
         found = s.execute(select(ChannelAccount, Program).join(Program, Program.id == ChannelAccount.program_id)
                           .where(Program.key == program_key, ChannelAccount.channel == "telegram")).first()
