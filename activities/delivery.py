@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -108,6 +109,10 @@ CHARGED = (DeliveryStatus.sent, DeliveryStatus.queued, DeliveryStatus.in_doubt)
 # who cut off an address, by channel, in the consent ledger
 REVOKED_BY = {"email": ConsentSource.bounce, "telegram": ConsentSource.telegram}
 
+
+# a page stops claiming new chunks after this long (its start-to-close timeout is 10 min): at a slow
+# provider rate the rest of the page stays planned (``paced``) and the workflow sends it with the next pages
+TIME_BUDGET_S = 6 * 60.0
 
 # a page's members share a few time zones and one `now`: the window math (~0.3 ms) runs once per zone
 _next_allowed = functools.lru_cache(maxsize=4096)(schedule.next_allowed)
@@ -213,7 +218,8 @@ class _Member:
 class DeliveryActivities:
     def __init__(self, *, engine: Engine, renderer: Renderer, registry: ChannelRegistry, signer: Signer,
                  base_url: str, unsubscribe_mailto: str, chunk_size: int = 100,
-                 final_attempt: int = 10, limiter: SharedRateLimiter | None = None) -> None:
+                 final_attempt: int = 10, limiter: SharedRateLimiter | None = None,
+                 time_budget_s: float = TIME_BUDGET_S) -> None:
         self._engine = engine
         self._renderer = renderer
         self._registry = registry
@@ -222,6 +228,7 @@ class DeliveryActivities:
         self._sender = Sender(limiter=limiter or SharedRateLimiter(engine))
         self._chunk = chunk_size
         self._final_attempt = final_attempt
+        self._time_budget_s = time_budget_s
         self._campaigns: dict[int, CampaignContext] = {}
         self._pg = engine.dialect.name == "postgresql"
 
@@ -333,7 +340,13 @@ class DeliveryActivities:
         info = ctx.info()
         queue = deque(targets)
         handled = 0
+        started = time.monotonic()
         while queue:
+            if time.monotonic() - started > self._time_budget_s:
+                left = [t.delivery_id for t in queue]
+                await asyncio.to_thread(self._defer, left, Deferral.paced)
+                tally.add(DeliveryStatus.planned, Deferral.paced, len(left))
+                break
             chunk = [queue.popleft() for _ in range(min(self._chunk, len(queue)))]
             if tally.exhausted:
                 await asyncio.to_thread(self._defer, [t.delivery_id for t in chunk], Deferral.budget_exhausted)

@@ -34,6 +34,7 @@ from channels.registry import Route
 
 RATE_LIMIT_TRIES = 4
 DEFAULT_PAUSE_S = 1.0        # a 429 that does not say how long to wait
+LONGEST_WAIT_S = 30.0        # a longer pause is waited out by a retry of the page (next_retry_delay), not here
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +84,8 @@ class Sender:
             t, msg = items[i]
             route = routes[t.channel]
             if slot is not None and route.rate_key and route.rate_per_s:
-                await self._limiter.take(route.rate_key, route.rate_per_s, slot)
-            results[i] = await self._send_limited(t, msg, route)
+                await self._limiter.take(route.rate_key, route.rate_per_s, slot, heartbeat)
+            results[i] = await self._send_limited(t, msg, route, heartbeat)
 
         async def channel_group(indexes: list[int], route: Route) -> None:
             if not route.rate_key or not route.rate_per_s:
@@ -100,7 +101,8 @@ class Sender:
         await asyncio.gather(*(channel_group(ix, routes[ch]) for ch, ix in by_channel.items()))
         return [r if r is not None else SendOutcome("transient", "not_sent") for r in results]
 
-    async def _send_limited(self, t: Target, msg: OutboundMessage, route: Route) -> SendOutcome:
+    async def _send_limited(self, t: Target, msg: OutboundMessage, route: Route,
+                            heartbeat: Callable[[], None] = lambda: None) -> SendOutcome:
         """Send; on a rate limit pause the account for everyone and try again (a few times)."""
         outcome = SendOutcome("transient", "not_sent")
         for _ in range(RATE_LIMIT_TRIES):
@@ -110,10 +112,14 @@ class Sender:
             pause = outcome.retry_after if outcome.retry_after is not None else DEFAULT_PAUSE_S
             if route.rate_key and route.rate_per_s:
                 await asyncio.to_thread(self._limiter.push_back, route.rate_key, pause)
+            if pause > LONGEST_WAIT_S:
+                return outcome
+            if route.rate_key and route.rate_per_s:
                 [slot] = await asyncio.to_thread(self._limiter.reserve, route.rate_key, route.rate_per_s, 1)
-                await self._limiter.take(route.rate_key, route.rate_per_s, slot)
+                await self._limiter.take(route.rate_key, route.rate_per_s, slot, heartbeat)
             else:
                 await self._sleep(pause)
+                heartbeat()
         return outcome
 
     async def _send(self, t: Target, msg: OutboundMessage, route: Route) -> SendOutcome:

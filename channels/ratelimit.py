@@ -31,6 +31,8 @@ from sqlalchemy.engine import Engine
 from storage.db import dialect_insert, session_scope
 from storage.tables import RateLimit, utcnow
 
+TICK_S = 5.0
+
 
 class SharedRateLimiter:
     def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time) -> None:
@@ -65,18 +67,20 @@ class SharedRateLimiter:
         self._paused_until[key] = max(self._paused_until.get(key, 0.0), until)
         self._advance(key, floor=until, add=0.0)
 
-    async def wait_for(self, slot: float) -> None:
-        delay = slot - self._clock()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    async def wait_for(self, slot: float, tick: Callable[[], None] | None = None) -> None:
+        """Sleep until ``slot``, calling ``tick`` (an activity heartbeat) at least every ``TICK_S``."""
+        while (delay := slot - self._clock()) > 0:
+            await asyncio.sleep(min(delay, TICK_S))
+            if tick is not None:
+                tick()
 
-    async def take(self, key: str, rate: float, slot: float) -> None:
+    async def take(self, key: str, rate: float, slot: float, tick: Callable[[], None] | None = None) -> None:
         """Wait for a reserved ``slot``; if the account was paused meanwhile (``push_back`` here), give the
         slot up and wait for a new one after the pause, so nothing goes out during it."""
-        await self.wait_for(slot)
+        await self.wait_for(slot, tick)
         while (until := self._paused_until.get(key, 0.0)) > self._clock() and slot < until:
             [slot] = await asyncio.to_thread(self.reserve, key, rate, 1)
-            await self.wait_for(slot)
+            await self.wait_for(slot, tick)
 
     def block_size(self, rate: float, *, seconds: float = 1.0) -> int:
         """How many slots to reserve at once: about ``seconds`` worth, at least 1."""

@@ -26,6 +26,7 @@ class Deferral(StrEnum):
 
     outside_window = "outside_window"      # the member's send window or quiet hours: sent when it opens
     budget_exhausted = "budget_exhausted"  # sent if the budget is raised
+    paced = "paced"                        # a slow provider rate: the page's time ran out, sent by the next one
 
 
 @dataclass(frozen=True)

@@ -448,3 +448,24 @@ async def test_no_delivery_report_within_the_wait_sends_the_follow_up_on_the_nex
     follow = by_member(deliveries(engine, cid, step="by-email"))
     assert set(follow) == {b} and (follow[b].channel, follow[b].status) == ("email", "sent")
     assert smtp_server.recipients() == ["m2@test.example"]
+
+
+async def test_a_page_that_runs_out_of_time_at_a_slow_rate_leaves_the_rest_to_the_next_round(
+        workers, engine: Engine, twilio: FakeTwilio) -> None:
+    """At 5 messages/s a page of 12 does not fit a 1 s time budget: the page stops claiming, the rest stays
+    planned (paced) and the workflow sends it afterwards; nobody twice, nothing in doubt."""
+    program, ids = bulk_members(engine, 12, consent=lambda i: False)
+    set_program_settings(engine, program, NO_QUIET)
+    use_twilio(engine, twilio, rate_per_s=5)
+    for i, mid in enumerate(ids):
+        contacts(engine, mid, phone=f"+141555503{i:02d}", consent=("sms",))
+    cid = make_campaign(engine, program, channels=["sms"], template="weekend_offer")
+    async with workers(engine=engine, chunk=3, cls=CountingActivities) as rig:
+        rig.acts[0]._time_budget_s = 1.0
+        handle = await rig.start(cid, page_size=12, concurrency=1)
+        result = await rig.finish(handle)
+    assert rig.acts[0].pages >= 2        # the one page of 12 did not fit: the rest went in later rounds
+    rows = deliveries(engine, cid)
+    assert {r.status for r in rows} == {"sent"} and result.counts.sent == 12 and result.counts.in_doubt == 0
+    assert sorted(form_to(twilio)) == sorted({r.form["To"] for r in twilio.requests})   # each number once
+    assert len(twilio.requests) == 12
