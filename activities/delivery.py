@@ -811,6 +811,12 @@ class DeliveryActivities:
             if self._pg:  # caps across campaigns: one claimer per member at a time
                 s.execute(select(Member.id).where(Member.id.in_(member_ids))  # type: ignore[union-attr]
                           .order_by(Member.id).with_for_update())
+            # the rows still planned are ours: another attempt of this page (a timed-out one still running)
+            # may have claimed some since we prepared them; claims of a campaign take turns on its row lock
+            still = set(s.scalars(select(Delivery.id).where(
+                Delivery.id.in_([t.delivery_id for t, _, _ in items]),  # type: ignore[union-attr]
+                Delivery.status == DeliveryStatus.planned)))
+            items = [item for item in items if item[0].delivery_id in still]
             states = {c: ledger.states_for(session=s, member_ids=member_ids, channel=c)
                       for c in {t.channel for t, _, _ in items}}
             capped = self._capped(s, ctx, member_ids, now)
@@ -844,7 +850,6 @@ class DeliveryActivities:
                 self._defer_rows(s, [t.delivery_id for t, _, _ in unreached], Deferral.budget_exhausted)
                 tally.add(DeliveryStatus.planned, Deferral.budget_exhausted, len(unreached))
                 tally.exhausted = True
-            claimed: set[int] = set()
             if allowed:
                 table = Delivery.__table__
                 s.connection().execute(
@@ -852,14 +857,7 @@ class DeliveryActivities:
                     .values(status=DeliveryStatus.sending, reason=None, cost=bindparam("b_cost"),
                             channel=bindparam("b_channel"), sent_at=now, updated_at=utcnow()),
                     [{"b_id": t.delivery_id, "b_cost": c, "b_channel": t.channel} for t, _, c in allowed])
-                ids = [t.delivery_id for t, _, _ in allowed]
-                claimed = set(s.scalars(select(Delivery.id).where(
-                    Delivery.id.in_(ids), Delivery.status == DeliveryStatus.sending)))  # type: ignore[union-attr]
-                lost = sum((c for t, _, c in allowed if t.delivery_id not in claimed), Decimal(0))
-                if lost:  # claimed by someone else meanwhile: give the reservation back
-                    s.execute(update(Campaign).where(Campaign.id == ctx.id)  # type: ignore[arg-type]
-                              .values(budget_spent=Campaign.budget_spent - lost))
-        return [item for item in allowed if item[0].delivery_id in claimed]
+        return allowed
 
     def _capped(self, s: Session, ctx: CampaignContext, member_ids: list[int], now: datetime) -> set[int]:
         """Members at a frequency cap, counted from the deliveries ledger (sending, sent, in doubt)."""
@@ -893,16 +891,24 @@ class DeliveryActivities:
                         cost=bindparam("b_cost"), channel=bindparam("b_channel"), locale=bindparam("b_locale"),
                         attempts=bindparam("b_attempts", type_=JSON(none_as_null=True)), due_at=bindparam("b_due"),
                         updated_at=utcnow()))
-        params, refund = [], Decimal(0)
+        params = []
         for o in outcomes:
             charged = o.status in CHARGED
-            if not charged:
-                refund += o.cost
             params.append({"b_id": o.delivery_id, "b_status": str(o.status), "b_reason": o.reason,
                            "b_code": o.code, "b_pmid": o.provider_message_id,
                            "b_cost": o.cost if charged else None, "b_channel": o.channel, "b_locale": o.locale,
                            "b_attempts": list(o.attempts) if o.attempts else None, "b_due": o.due_at})
         with session_scope(self._engine) as s:
+            # a write first: on SQLite it takes the write lock before the read below, on PostgreSQL the campaign
+            # row (the refund below changes it anyway)
+            s.execute(update(Campaign).where(Campaign.id == ctx.id)  # type: ignore[arg-type]
+                      .values(budget_spent=Campaign.budget_spent))
+            # only a row still `sending` holds our reservation: one a retry of this page turned in_doubt meanwhile
+            # is not ours to change, nor to refund
+            mine_q = select(Delivery.id).where(Delivery.id.in_([o.delivery_id for o in outcomes]),  # type: ignore[union-attr]
+                                               Delivery.status == DeliveryStatus.sending)
+            mine = set(s.scalars(mine_q.with_for_update() if self._pg else mine_q)) if outcomes else set()
+            refund = sum((o.cost for o in outcomes if o.delivery_id in mine and o.status not in CHARGED), Decimal(0))
             if params:
                 s.connection().execute(stmt, params)
             if refund:
