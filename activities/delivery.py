@@ -225,7 +225,9 @@ class DeliveryActivities:
         self._registry = registry
         self._messages = MessageBuilder(renderer=renderer, signer=signer, base_url=base_url,
                                         unsubscribe_mailto=unsubscribe_mailto)
-        self._sender = Sender(limiter=limiter or SharedRateLimiter(engine))
+        limiter = limiter or SharedRateLimiter(engine)
+        self._sender = Sender(limiter=limiter)
+        self._sender_clock = limiter.now
         self._chunk = chunk_size
         self._final_attempt = final_attempt
         self._time_budget_s = time_budget_s
@@ -329,7 +331,8 @@ class DeliveryActivities:
         tally = _Tally()
         targets, more, next_due = await asyncio.to_thread(self._prepare_due, ctx, inp, now, tally)
         await self._process(ctx, targets, now, tally, progress=lambda done: None)
-        return DueResult(counts=tally.counts(), more=more and not tally.exhausted,
+        paced = bool(tally.deferred.get(Deferral.paced))   # what the page's time left over is due now
+        return DueResult(counts=tally.counts(), more=(more or paced) and not tally.exhausted,
                          next_due=next_due.isoformat() if next_due else None, budget_exhausted=tally.exhausted)
 
     async def _process(self, ctx: CampaignContext, targets: list[Target], now: datetime, tally: _Tally,
@@ -341,6 +344,8 @@ class DeliveryActivities:
         queue = deque(targets)
         handled = 0
         started = time.monotonic()
+        # no claimed message waits for a rate slot past this: it stays planned (paced) for the next round
+        deadline = self._sender_clock() + 1.5 * self._time_budget_s
         while queue:
             if time.monotonic() - started > self._time_budget_s:
                 left = [t.delivery_id for t in queue]
@@ -365,10 +370,14 @@ class DeliveryActivities:
             claimed = await asyncio.to_thread(self._claim, ctx, rendered, now, tally)
             routes = await asyncio.to_thread(self._routes, ctx, {t.channel for t, _, _ in claimed})
             sent = await self._sender.send_all([(t, m) for t, m, _ in claimed], routes,
-                                               heartbeat=lambda: activity.heartbeat(handled))
+                                               heartbeat=lambda: activity.heartbeat(handled), deadline=deadline)
             by_id = {t.delivery_id: t for t in chunk}
             for (t, _, cost), result in zip(claimed, sent, strict=True):
                 o = self._outcome(ctx, t, result, cost, now)
+                if o.reason == Deferral.paced:           # its rate slot is after the page's deadline
+                    outcomes.append(o)
+                    tally.add(DeliveryStatus.planned, Deferral.paced)
+                    continue
                 if o.status == DeliveryStatus.planned and not o.fallback and final:
                     o = replace(o, status=DeliveryStatus.failed, reason="transient")  # deferred every attempt
                 if o.status == DeliveryStatus.planned and not o.fallback:   # nothing sent: try later
@@ -420,6 +429,8 @@ class DeliveryActivities:
             return replace(base, reason="rate_limited", retry_after=so.retry_after)
         if so.kind == "transient":
             return replace(base, reason="transient")
+        if so.kind == "paced":
+            return replace(base, reason=Deferral.paced)
         return self._fall_back(ctx, t, so.code, now, cost=cost, revoke_address=so.revoke_address,
                                dead_tokens=so.dead_tokens)
 

@@ -7,6 +7,8 @@ outcome. Nothing here touches a delivery row: the caller records the outcomes.
     in_doubt             the provider may have it: never resent
     rate_limited         nothing sent; the account is paused for everyone (push_back) and the message is
                          tried again here, at most ``RATE_LIMIT_TRIES`` times, then left for a later retry
+    paced                nothing sent: its rate slot comes after the page's deadline (a slow rate); left
+                         planned for the next round, so a claimed message never waits past the timeout
     transient            nothing sent; left for a later retry of the page
 
 Push goes to every registered device of the member: sent when any device took it; tokens FCM calls
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from activities.messages import Target
 from channels.base import (
@@ -34,7 +35,7 @@ from channels.registry import Route
 
 RATE_LIMIT_TRIES = 4
 DEFAULT_PAUSE_S = 1.0        # a 429 that does not say how long to wait
-LONGEST_WAIT_S = 30.0        # a longer pause is waited out by a retry of the page (next_retry_delay), not here
+LONGEST_WAIT_S = 20.0        # a longer pause is waited out by a retry of the page (next_retry_delay), not here
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +69,14 @@ def outcome_of_error(exc: Exception) -> SendOutcome:
 
 
 class Sender:
-    def __init__(self, *, limiter: SharedRateLimiter, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+    def __init__(self, *, limiter: SharedRateLimiter) -> None:
         self._limiter = limiter
-        self._sleep = sleep
 
     async def send_all(self, items: Sequence[tuple[Target, OutboundMessage]], routes: dict[str, Route], *,
-                       heartbeat: Callable[[], None] = lambda: None) -> list[SendOutcome]:
-        """Outcomes in the order of ``items``."""
+                       heartbeat: Callable[[], None] = lambda: None,
+                       deadline: float | None = None) -> list[SendOutcome]:
+        """Outcomes in the order of ``items``. ``deadline`` (the limiter's clock): no rate-limited message
+        waits for a slot after it."""
         results: list[SendOutcome | None] = [None] * len(items)
         by_channel: dict[str, list[int]] = {}
         for i, (t, _) in enumerate(items):
@@ -84,8 +86,10 @@ class Sender:
             t, msg = items[i]
             route = routes[t.channel]
             if slot is not None and route.rate_key and route.rate_per_s:
-                await self._limiter.take(route.rate_key, route.rate_per_s, slot, heartbeat)
-            results[i] = await self._send_limited(t, msg, route, heartbeat)
+                if not await self._limiter.take(route.rate_key, route.rate_per_s, slot, heartbeat, deadline):
+                    results[i] = SendOutcome("paced")
+                    return
+            results[i] = await self._send_limited(t, msg, route, heartbeat, deadline)
 
         async def channel_group(indexes: list[int], route: Route) -> None:
             if not route.rate_key or not route.rate_per_s:
@@ -94,15 +98,23 @@ class Sender:
             block = self._limiter.block_size(route.rate_per_s)
             for start in range(0, len(indexes), block):
                 part = indexes[start:start + block]
-                slots = await asyncio.to_thread(self._limiter.reserve, route.rate_key, route.rate_per_s, len(part))
+                slots = await asyncio.to_thread(self._limiter.reserve, route.rate_key, route.rate_per_s, len(part),
+                                                not_after=deadline)
                 heartbeat()
-                await asyncio.gather(*(one(i, slot) for i, slot in zip(part, slots, strict=True)))
+                for i in part[len(slots):]:       # no slot before the deadline: not sent, left for later
+                    results[i] = SendOutcome("paced")
+                await asyncio.gather(*(one(i, slot) for i, slot in zip(part, slots, strict=False)))
+                if len(slots) < len(part):
+                    for i in indexes[start + block:]:
+                        results[i] = SendOutcome("paced")
+                    return
 
         await asyncio.gather(*(channel_group(ix, routes[ch]) for ch, ix in by_channel.items()))
         return [r if r is not None else SendOutcome("transient", "not_sent") for r in results]
 
     async def _send_limited(self, t: Target, msg: OutboundMessage, route: Route,
-                            heartbeat: Callable[[], None] = lambda: None) -> SendOutcome:
+                            heartbeat: Callable[[], None] = lambda: None,
+                            deadline: float | None = None) -> SendOutcome:
         """Send; on a rate limit pause the account for everyone and try again (a few times)."""
         outcome = SendOutcome("transient", "not_sent")
         for _ in range(RATE_LIMIT_TRIES):
@@ -115,11 +127,13 @@ class Sender:
             if pause > LONGEST_WAIT_S:
                 return outcome
             if route.rate_key and route.rate_per_s:
-                [slot] = await asyncio.to_thread(self._limiter.reserve, route.rate_key, route.rate_per_s, 1)
-                await self._limiter.take(route.rate_key, route.rate_per_s, slot, heartbeat)
+                slots = await asyncio.to_thread(self._limiter.reserve, route.rate_key, route.rate_per_s, 1,
+                                                not_after=deadline)
+                if not slots or not await self._limiter.take(route.rate_key, route.rate_per_s, slots[0],
+                                                             heartbeat, deadline):
+                    return outcome
             else:
-                await self._sleep(pause)
-                heartbeat()
+                await self._limiter.wait_for(self._limiter.now() + pause, heartbeat)
         return outcome
 
     async def _send(self, t: Target, msg: OutboundMessage, route: Route) -> SendOutcome:

@@ -22,8 +22,10 @@ clocks (NTP), which a rate of tens per second tolerates easily.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import case
 from sqlalchemy.engine import Engine
@@ -40,8 +42,8 @@ class SharedRateLimiter:
         self._clock = clock
         self._paused_until: dict[str, float] = {}
 
-    def _advance(self, key: str, *, floor: float, add: float) -> float:
-        """tat = max(tat, floor) + add, atomically; returns the new tat."""
+    def _advance(self, s: Any, key: str, *, floor: float, add: float) -> float:
+        """tat = max(tat, floor) + add in ``s``'s transaction (it takes the row's lock); returns the new tat."""
         table = RateLimit.__table__
         stmt = dialect_insert(self._engine, table).values(key=key, tat=floor + add, updated_at=utcnow())
         stmt = stmt.on_conflict_do_update(
@@ -49,23 +51,32 @@ class SharedRateLimiter:
             set_={"tat": case((table.c.tat > floor, table.c.tat), else_=floor) + add,
                   "updated_at": utcnow()},
         ).returning(table.c.tat)
-        with session_scope(self._engine) as s:
-            return float(s.execute(stmt).scalar_one())
+        return float(s.execute(stmt).scalar_one())
 
-    def reserve(self, key: str, rate: float, n: int) -> list[float]:
-        """Reserve ``n`` consecutive slots (wall-clock times) for messages on ``key`` at ``rate`` per second."""
+    def reserve(self, key: str, rate: float, n: int, *, not_after: float | None = None) -> list[float]:
+        """Reserve up to ``n`` consecutive slots (wall-clock times) for messages on ``key`` at ``rate`` per
+        second; with ``not_after``, only the slots up to that time (possibly none), so no capacity is taken
+        that the caller will not use."""
         if rate <= 0 or n < 1:
             raise ValueError("rate must be positive and n at least 1")
         step = 1.0 / rate
-        tat = self._advance(key, floor=self._clock(), add=n * step)
-        start = tat - n * step
+        with session_scope(self._engine) as s:
+            if not_after is None:
+                tat = self._advance(s, key, floor=self._clock(), add=n * step)
+                start = tat - n * step
+            else:
+                start = self._advance(s, key, floor=self._clock(), add=0.0)   # locks the row; tat unchanged
+                n = max(0, min(n, math.floor((not_after - start) / step) + 1))
+                if n:
+                    self._advance(s, key, floor=start, add=n * step)
         return [start + i * step for i in range(n)]
 
     def push_back(self, key: str, seconds: float) -> None:
         """Nobody sends on ``key`` for ``seconds`` from now (the provider asked us to wait)."""
         until = self._clock() + max(0.0, seconds)
         self._paused_until[key] = max(self._paused_until.get(key, 0.0), until)
-        self._advance(key, floor=until, add=0.0)
+        with session_scope(self._engine) as s:
+            self._advance(s, key, floor=until, add=0.0)
 
     async def wait_for(self, slot: float, tick: Callable[[], None] | None = None) -> None:
         """Sleep until ``slot``, calling ``tick`` (an activity heartbeat) at least every ``TICK_S``."""
@@ -74,13 +85,25 @@ class SharedRateLimiter:
             if tick is not None:
                 tick()
 
-    async def take(self, key: str, rate: float, slot: float, tick: Callable[[], None] | None = None) -> None:
+    def now(self) -> float:
+        return self._clock()
+
+    async def take(self, key: str, rate: float, slot: float, tick: Callable[[], None] | None = None,
+                   deadline: float | None = None) -> bool:
         """Wait for a reserved ``slot``; if the account was paused meanwhile (``push_back`` here), give the
-        slot up and wait for a new one after the pause, so nothing goes out during it."""
-        await self.wait_for(slot, tick)
-        while (until := self._paused_until.get(key, 0.0)) > self._clock() and slot < until:
-            [slot] = await asyncio.to_thread(self.reserve, key, rate, 1)
+        slot up and wait for a new one after the pause, so nothing goes out during it. False (without
+        waiting) when the slot comes after ``deadline``: the caller must not send then."""
+        while True:
+            if deadline is not None and slot > deadline:
+                return False
             await self.wait_for(slot, tick)
+            until = self._paused_until.get(key, 0.0)
+            if not (until > self._clock() and slot < until):
+                return True
+            slots = await asyncio.to_thread(self.reserve, key, rate, 1, not_after=deadline)
+            if not slots:
+                return False
+            slot = slots[0]
 
     def block_size(self, rate: float, *, seconds: float = 1.0) -> int:
         """How many slots to reserve at once: about ``seconds`` worth, at least 1."""

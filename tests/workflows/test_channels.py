@@ -469,3 +469,26 @@ async def test_a_page_that_runs_out_of_time_at_a_slow_rate_leaves_the_rest_to_th
     assert {r.status for r in rows} == {"sent"} and result.counts.sent == 12 and result.counts.in_doubt == 0
     assert sorted(form_to(twilio)) == sorted({r.form["To"] for r in twilio.requests})   # each number once
     assert len(twilio.requests) == 12
+
+
+async def test_claimed_messages_never_wait_for_a_rate_slot_past_the_pages_deadline(
+        workers, engine: Engine, twilio: FakeTwilio) -> None:
+    """A chunk of 8 claimed at 2 messages/s needs 4 s; with a 1 s time budget (deadline 1.5 s) the ones whose
+    slot comes later go back to planned (paced) unsent, and the next rounds send them: all once, none in
+    doubt, the budget charged once per message."""
+    program, ids = bulk_members(engine, 8, consent=lambda i: False)
+    set_program_settings(engine, program, {**NO_QUIET, "unit_costs": {"sms": "0.05"}})
+    use_twilio(engine, twilio, rate_per_s=2)
+    for i, mid in enumerate(ids):
+        contacts(engine, mid, phone=f"+141555504{i:02d}", consent=("sms",))
+    cid = make_campaign(engine, program, channels=["sms"], template="weekend_offer")
+    async with workers(engine=engine, chunk=8, cls=CountingActivities) as rig:
+        rig.acts[0]._time_budget_s = 1.0
+        handle = await rig.start(cid, page_size=8, concurrency=1)
+        result = await rig.finish(handle)
+    rows = deliveries(engine, cid)
+    assert {r.status for r in rows} == {"sent"} and result.counts.in_doubt == 0 and result.counts.sent == 8
+    assert len(twilio.requests) == 8 and len({r.form["To"] for r in twilio.requests}) == 8
+    assert rig.acts[0].pages >= 2
+    from tests.workflows.conftest import campaign_row
+    assert campaign_row(engine, cid).budget_spent == sum(r.cost for r in rows)
