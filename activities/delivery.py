@@ -44,6 +44,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.messages import CampaignInfo, MessageBuilder, Target
 from activities.sending import Sender, SendOutcome
+from analytics.tracking import apply_early
 from campaigns import schedule
 from campaigns.audience import audience_clause
 from campaigns.channel_choice import Contacts, candidates, pick, tried_channels
@@ -55,7 +56,7 @@ from campaigns.spec import CampaignSpec
 from channels.base import OutboundMessage
 from channels.registry import ChannelRegistry, Route
 from channels.ratelimit import SharedRateLimiter
-from channels.whatsapp_twilio import session_open
+from channels.whatsapp_twilio import REVOKING_CODES, session_open
 from consent import ledger
 from consent.policy import CHANNEL_WIDE, SERVICE_TOPIC, decide
 from consent.tokens import Signer
@@ -106,6 +107,7 @@ REACHED = (DeliveryStatus.sending, DeliveryStatus.queued, DeliveryStatus.sent, D
            DeliveryStatus.in_doubt)
 NO_WINDOW = "no_window"    # the send window and quiet hours never overlap for the member's time zone
 CHARGED = (DeliveryStatus.sent, DeliveryStatus.queued, DeliveryStatus.in_doubt)
+REPORTING_CHANNELS = ("sms", "whatsapp")    # providers that call back with delivery reports
 # who cut off an address, by channel, in the consent ledger
 REVOKED_BY = {"email": ConsentSource.bounce, "telegram": ConsentSource.telegram}
 
@@ -934,6 +936,11 @@ class DeliveryActivities:
                                   campaign_id=ctx.id)
                 for o in outcomes if o.revoke_address and failed_channel[o.delivery_id] != "push"
             ])
+            reported = {o.provider_message_id for o in outcomes if o.provider_message_id
+                        and o.channel in REPORTING_CHANNELS and o.status in CHARGED}
+            if reported:   # delivery reports that came before these ids were recorded
+                apply_early(session=s, provider_message_ids=reported, channels=REPORTING_CHANNELS,
+                            program_ids=[ctx.program_id], revoking_codes=REVOKING_CODES)
             for o in outcomes:
                 if o.dead_tokens:
                     s.execute(delete(PushToken).where(PushToken.member_id == o.member_id,  # type: ignore[arg-type]

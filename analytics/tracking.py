@@ -11,6 +11,10 @@ Each report is written once: the response row's ``provider_event_id`` is unique,
 the same callback changes nothing. A failure whose code says the address is gone (Twilio 21610, WhatsApp
 63014) cuts the address off in the consent ledger, as a permanent error at send time does.
 
+A report can arrive before the delivery activity has recorded the provider's id of the message (ids are
+recorded per chunk, and a chunk at a slow rate takes seconds): ``keep_early`` stores it and
+``apply_early`` applies it when the id is recorded.
+
 Replies (``InboundEvent`` of kind ``reply``) become a `replied` response on the member's latest delivery on
 that channel (within ``REPLY_WINDOW``), deduplicated by the provider's message id.
 """
@@ -21,7 +25,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlmodel import Session
 
 from channels.base import StatusEvent
@@ -34,12 +38,14 @@ from storage.tables import (
     ConsentSource,
     Delivery,
     DeliveryStatus,
+    EarlyStatus,
     Response,
     ResponseKind,
     utcnow,
 )
 
 REPLY_WINDOW = timedelta(days=7)
+EARLY_KEPT = timedelta(days=2)
 ADVANCES_TO_DELIVERED = (DeliveryStatus.sent, DeliveryStatus.in_doubt, DeliveryStatus.sending)
 CAN_FAIL = (DeliveryStatus.sent, DeliveryStatus.in_doubt)
 
@@ -118,3 +124,27 @@ def record_reply(*, session: Session, member_ids: Collection[int], channel: str,
     if delivery_id is None:
         return None
     return delivery_id if _respond(session, delivery_id, ResponseKind.replied, event_id, now) else None
+
+
+def keep_early(*, session: Session, event: StatusEvent, now: datetime | None = None) -> None:
+    """Keep a report whose message id is not recorded yet (once per event id); drop old ones nobody claimed."""
+    now = now or utcnow()
+    session.execute(delete(EarlyStatus).where(EarlyStatus.received_at < now - EARLY_KEPT))  # type: ignore[arg-type]
+    session.execute(insert_ignore(session, EarlyStatus.__table__, ["event_id"]), [{
+        "provider_message_id": event.provider_message_id, "status": event.status, "error_code": event.error_code,
+        "event_id": event.event_id or f"{event.provider_message_id}:{event.status}", "received_at": now}])
+
+
+def apply_early(*, session: Session, provider_message_ids: Collection[str], channels: Collection[str],
+                program_ids: Collection[int], revoking_codes: Collection[str] = ()) -> int:
+    """Apply the kept reports for these just-recorded message ids, in the order they came; returns how many."""
+    if not provider_message_ids:
+        return 0
+    rows = list(session.scalars(select(EarlyStatus).where(
+        EarlyStatus.provider_message_id.in_(list(provider_message_ids))).order_by(EarlyStatus.id)))  # type: ignore[attr-defined]
+    for row in rows:
+        apply_status(session=session, event=StatusEvent(row.provider_message_id, row.status,  # type: ignore[arg-type]
+                                                        row.error_code, row.event_id),
+                     channels=channels, program_ids=program_ids, revoking_codes=revoking_codes)
+        session.delete(row)
+    return len(rows)

@@ -375,6 +375,20 @@ class SandboxMessage(SQLModel, table=True):
     created_at: datetime = _ts(default_factory=utcnow)
 
 
+class EarlyStatus(SQLModel, table=True):
+    """A provider's status report that came before we recorded the message id it names (the delivery
+    activity records ids per chunk); applied when the id is recorded, dropped after two days."""
+
+    __tablename__ = "early_status"
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider_message_id: str = Field(max_length=255, index=True)
+    status: str = Field(max_length=16)
+    error_code: str | None = Field(default=None, max_length=64)
+    event_id: str = Field(max_length=255, unique=True)
+    received_at: datetime = _ts(default_factory=utcnow)
+
+
 class MemberLink(SQLModel, table=True):
     """A one-time link that ties a member to an address they prove they own (a Telegram chat via the bot's
     deep link). Only the token's SHA-256 is stored; the token itself carries nothing readable."""

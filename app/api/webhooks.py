@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select, update
 from sqlmodel import Session
 
-from analytics.tracking import apply_status, record_reply
+from analytics.tracking import apply_status, keep_early, record_reply
 from app.api.deps import EngineDep, SettingsDep
 from channels.accounts import parse_account
 from channels.sms_twilio import parse_inbound, parse_status, verify_signature
@@ -101,6 +101,8 @@ async def twilio_status(request: Request, engine: EngineDep, settings: SettingsD
     with session_scope(engine) as s:
         applied = apply_status(session=s, event=event, channels={a.channel for a in accounts},
                                program_ids={a.program_id for a in accounts}, revoking_codes=REVOKING_CODES)
+        if not applied.found:  # the message id may not be recorded yet: applied when it is
+            keep_early(session=s, event=event)
     return JSONResponse({"found": applied.found, "duplicate": applied.duplicate, "status": applied.status})
 
 

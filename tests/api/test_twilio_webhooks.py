@@ -201,3 +201,31 @@ def test_inbound_from_an_unsigned_request_changes_no_consent(hooks, engine):
     client, _, member_id = hooks
     r = client.post("/webhooks/twilio/inbound", data=inbound("STOP"), headers={"X-Twilio-Signature": "forged"})
     assert r.status_code == 403 and sms_state(engine, member_id) is None
+
+
+def test_a_report_that_beats_the_recorded_message_id_is_applied_when_the_id_is_recorded(hooks, engine, tmp_path):
+    from activities.delivery import _Outcome
+    from app.worker import delivery_activities
+
+    client, did, _ = hooks
+    early_sid = "SM" + "e" * 32
+    with session_scope(engine) as s:   # the message is out, its id not recorded yet (status sending)
+        row = s.get(Delivery, did)
+        cid, member_id = row.campaign_id, row.member_id
+        d2 = Delivery(campaign_id=cid, member_id=member_id, step="again", status="sending", channel="sms",
+                      sent_at=utcnow())
+        s.add(d2)
+        s.flush()
+        d2_id = d2.id
+    form = {"AccountSid": SID, "MessageSid": early_sid, "MessageStatus": "delivered"}
+    for _ in range(2):
+        assert post(client, "/webhooks/twilio/status", form).json()["found"] is False
+    acts = delivery_activities(Settings(var_dir=tmp_path, database_url=str(engine.url)), engine=engine)
+    from decimal import Decimal
+    from storage.tables import DeliveryStatus
+    acts._record(acts.campaign(cid), [_Outcome(d2_id, member_id, DeliveryStatus.sent, provider_message_id=early_sid,
+                                              cost=Decimal("0.05"), channel="sms", locale="ru")])
+    assert delivery(engine, d2_id).status == "delivered" and responses(engine, d2_id) == ["delivered"]
+    from storage.tables import EarlyStatus
+    with Session(engine) as s:
+        assert s.scalars(select(EarlyStatus)).all() == []

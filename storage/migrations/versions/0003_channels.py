@@ -1,6 +1,6 @@
 """channels: provider accounts, stored messages (receipt, inbox, direct mail), sandbox outbox, shared rate
 limits, member postal address and WhatsApp window, delivery fallback attempts, provider message id index, card numbers for the till,
-one-time member links (Telegram deep links)
+one-time member links (Telegram deep links), status reports that beat their message id
 
 Revision ID: 0003
 Revises: 0002
@@ -79,6 +79,16 @@ def upgrade() -> None:
     op.create_index('ix_sandbox_message_program_id', 'sandbox_message', ['program_id'])
     op.create_index('ix_sandbox_message_delivery_id', 'sandbox_message', ['delivery_id'])
     op.create_table(
+        'early_status',
+        sa.Column('id', sa.Integer(), primary_key=True),
+        sa.Column('provider_message_id', sa.String(255), nullable=False),
+        sa.Column('status', sa.String(16), nullable=False),
+        sa.Column('error_code', sa.String(64), nullable=True),
+        sa.Column('event_id', sa.String(255), nullable=False, unique=True),
+        sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index('ix_early_status_provider_message_id', 'early_status', ['provider_message_id'])
+    op.create_table(
         'member_link',
         sa.Column('token_hash', sa.String(64), primary_key=True),
         sa.Column('program_id', sa.Integer(), sa.ForeignKey('program.id'), nullable=False),
@@ -100,6 +110,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('rate_limit')
+    op.drop_index('ix_early_status_provider_message_id', table_name='early_status')
+    op.drop_table('early_status')
     op.drop_index('ix_member_link_member_id', table_name='member_link')
     op.drop_table('member_link')
     op.drop_index('ix_sandbox_message_delivery_id', table_name='sandbox_message')
