@@ -404,6 +404,12 @@ class DeliveryActivities:
             progress(handled)
             activity.heartbeat(handled)
         if transient:
+            account = sorted({f"{o.channel} ({o.code})" for o in transient if o.reason == "provider_account"})
+            if account:   # the operator's problem: say which account, in the activity's failure
+                raise ApplicationError(
+                    f"{len(transient)} message(s) wait: the provider refused the program's account on "
+                    f"{', '.join(account)}; fix it with `clarion channels set` (nothing was sent)",
+                    type="ProviderAccount", next_retry_delay=timedelta(seconds=60))
             raise ApplicationError(
                 f"{len(transient)} message(s) deferred by the provider; the page will be retried",
                 type="TransientDelivery",
@@ -431,6 +437,8 @@ class DeliveryActivities:
             return replace(base, reason="rate_limited", retry_after=so.retry_after)
         if so.kind == "transient":
             return replace(base, reason="transient")
+        if so.kind == "account":
+            return replace(base, reason="provider_account")
         if so.kind == "paced":
             return replace(base, reason=Deferral.paced)
         return self._fall_back(ctx, t, so.code, now, cost=cost, revoke_address=so.revoke_address,

@@ -9,6 +9,8 @@ outcome. Nothing here touches a delivery row: the caller records the outcomes.
                          tried again here, at most ``RATE_LIMIT_TRIES`` times, then left for a later retry
     paced                nothing sent: its rate slot comes after the page's deadline (a slow rate); left
                          planned for the next round, so a claimed message never waits past the timeout
+    account              nothing sent: the provider refused our account (a configuration problem); the
+                         message waits like a transient one, and the page's retry says why
     transient            nothing sent; left for a later retry of the page
 
 Push goes to every registered device of the member: sent when any device took it; tokens FCM calls
@@ -26,6 +28,7 @@ from channels.base import (
     InDoubtChannelError,
     OutboundMessage,
     PermanentChannelError,
+    ProviderAccountError,
     RateLimited,
     SendReceipt,
     TransientChannelError,
@@ -63,6 +66,8 @@ def outcome_of_error(exc: Exception) -> SendOutcome:
         return SendOutcome("in_doubt", exc.code)
     if isinstance(exc, RateLimited):
         return SendOutcome("rate_limited", exc.code, retry_after=exc.retry_after)
+    if isinstance(exc, ProviderAccountError):
+        return SendOutcome("account", exc.code)
     if isinstance(exc, TransientChannelError):
         return SendOutcome("transient", exc.code)
     raise exc

@@ -5,7 +5,9 @@ Errors are typed, never strings to parse::
     ChannelError
     ├── PermanentChannelError      the message can never go to this address (revoke_address: stop using it)
     ├── TransientChannelError      nothing was sent; trying again later may work
-    │   └── RateLimited            the provider asks us to slow down (retry_after seconds, if it said)
+    │   ├── RateLimited            the provider asks us to slow down (retry_after seconds, if it said)
+    │   └── ProviderAccountError   the provider refused our account or credentials: a configuration problem,
+    │                              not the member's; nothing was sent, every message of the account waits
     └── InDoubtChannelError        the provider may or may not have accepted it: never resend blindly
 
 Adapters map their library's exceptions to these once, at the edge, with ``raise ... from exc``.
@@ -99,6 +101,10 @@ class RateLimited(TransientChannelError):
                  code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class ProviderAccountError(TransientChannelError):
+    pass
 
 
 class InDoubtChannelError(ChannelError):

@@ -40,12 +40,12 @@ Errors, mapped once here (https://firebase.google.com/docs/reference/fcm/rest/v1
     ├── UNREGISTERED (404: the token is dead)     → PermanentChannelError(revoke_address=True)
     ├── SENDER_ID_MISMATCH (403)                  → PermanentChannelError(revoke_address=True)
     ├── INVALID_ARGUMENT, any 400                 → PermanentChannelError  (bad message; the token stays)
-    ├── THIRD_PARTY_AUTH_ERROR (401)              → PermanentChannelError  configuration: APNs certificate
+    ├── THIRD_PARTY_AUTH_ERROR (401)              → ProviderAccountError   configuration: APNs certificate
     │                                                                      or web push key
-    ├── other 401 (UNAUTHENTICATED)               → PermanentChannelError  configuration: our service account
+    ├── other 401 (UNAUTHENTICATED)               → ProviderAccountError   configuration: our service account
     │   (ACCESS_TOKEN_EXPIRED: first sent once more with a fresh token)
-    ├── other 403 (PERMISSION_DENIED)             → PermanentChannelError  configuration (API off, IAM role)
-    ├── other 404 (NOT_FOUND)                     → PermanentChannelError  configuration (project, URL)
+    ├── other 403 (PERMISSION_DENIED)             → ProviderAccountError   configuration (API off, IAM role)
+    ├── other 404 (NOT_FOUND)                     → ProviderAccountError   configuration (project, URL)
     ├── other 4xx                                 → PermanentChannelError(code=error.status or "HTTP_<n>")
     ├── QUOTA_EXCEEDED, any 429                   → RateLimited(retry_after=Retry-After seconds or None)
     ├── UNAVAILABLE (503), INTERNAL (500)         → RateLimited(retry_after) when Retry-After is given,
@@ -53,7 +53,7 @@ Errors, mapped once here (https://firebase.google.com/docs/reference/fcm/rest/v1
     └── other 5xx (a proxy in front of FCM), 2xx without a message name → InDoubtChannelError
     FCMError before any answer: no OAuth token (pyfcm wraps google-auth's error in InvalidDataError)
     ├── google-auth TransportError, or an error it marks retryable   → TransientChannelError("oauth_unavailable")
-    └── anything else (key refused, account deleted)                 → PermanentChannelError("oauth_refused")
+    └── anything else (key refused, account deleted)                 → ProviderAccountError("oauth_refused")
     requests.RequestException (no answer): channels.http.map_transport_error
     ├── refused, unreachable, ConnectTimeout (nothing sent)          → TransientChannelError
     └── ReadTimeout, connection dropped after sending, broken answer → InDoubtChannelError
@@ -97,6 +97,7 @@ from channels.base import (
     InDoubtChannelError,
     OutboundMessage,
     PermanentChannelError,
+    ProviderAccountError,
     RateLimited,
     SandboxRecorder,
     SendReceipt,
@@ -173,7 +174,7 @@ def map_fcm_error(http_status: int, body: object, retry_after: str | None) -> Ch
         return PermanentChannelError("push: the token belongs to another sender (Firebase project)", code=code,
                                      revoke_address=True)
     if err.error_code == "THIRD_PARTY_AUTH_ERROR":
-        return PermanentChannelError("push: APNs or web push refused our credentials: a configuration problem "
+        return ProviderAccountError("push: APNs or web push refused our credentials: a configuration problem "
                                      "(APNs certificate / auth key, VAPID key in the Firebase project)", code=code)
     if err.error_code == "QUOTA_EXCEEDED" or http_status == 429:
         return RateLimited(f"push: FCM quota exceeded ({code})", retry_after=retry_after_seconds(retry_after), code=code)
@@ -188,13 +189,13 @@ def map_fcm_error(http_status: int, body: object, retry_after: str | None) -> Ch
         return PermanentChannelError(f"push: FCM refused the message as invalid ({code})",
                                      code="INVALID_ARGUMENT")
     if http_status == 401:
-        return PermanentChannelError(f"push: FCM refused our OAuth token ({code}): a configuration problem "
+        return ProviderAccountError(f"push: FCM refused our OAuth token ({code}): a configuration problem "
                                      "(service account key, project)", code=code)
     if http_status == 403:
-        return PermanentChannelError(f"push: FCM denied the request ({code}): a configuration problem (FCM API "
+        return ProviderAccountError(f"push: FCM denied the request ({code}): a configuration problem (FCM API "
                                      "disabled, or the service account lacks the role); the token stays", code=code)
     if http_status == 404:
-        return PermanentChannelError(f"push: FCM answered 404 without UNREGISTERED ({code}): a configuration "
+        return ProviderAccountError(f"push: FCM answered 404 without UNREGISTERED ({code}): a configuration "
                                      "problem (project id, URL); the token stays", code=code)
     if 400 <= http_status < 500:
         return PermanentChannelError(f"push: FCM refused the message ({http_status}, {code})", code=code)
@@ -210,7 +211,7 @@ def map_token_error(exc: BaseException) -> ChannelError:
     if isinstance(cause, TransportError) or (cause is not None and cause.retryable):
         return TransientChannelError(f"push: cannot get an OAuth token from Google ({cause}); nothing was sent",
                                      code="oauth_unavailable")
-    return PermanentChannelError(f"push: Google refused to give an OAuth token ({cause or exc}): a configuration "
+    return ProviderAccountError(f"push: Google refused to give an OAuth token ({cause or exc}): a configuration "
                                  "problem (service account key); nothing was sent", code="oauth_refused")
 
 

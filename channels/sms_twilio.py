@@ -19,6 +19,8 @@ Errors, mapped once here (codes: https://www.twilio.com/docs/api/errors)::
     ├── code 21610 (recipient replied STOP)       → PermanentChannelError(revoke_address=True)
     ├── code 21211, 21614 (invalid / not mobile)  → PermanentChannelError
     ├── code 20429 or HTTP 429                    → RateLimited(retry_after=Retry-After header or None)
+    ├── HTTP 401, code 20003 (authentication), 20404 (no such account / resource)
+    │                                             → ProviderAccountError (configuration: every message waits)
     ├── HTTP 5xx                                  → InDoubtChannelError
     ├── other HTTP 4xx                            → PermanentChannelError(code=Twilio's code)
     └── anything else (unexpected 1xx/3xx)        → InDoubtChannelError
@@ -63,6 +65,7 @@ from channels.base import (
     InDoubtChannelError,
     OutboundMessage,
     PermanentChannelError,
+    ProviderAccountError,
     RateLimited,
     SandboxRecorder,
     SendReceipt,
@@ -76,6 +79,7 @@ from storage.tables import ChannelName
 UNSUBSCRIBED = 21610          # "Attempt to send to unsubscribed recipient"
 INVALID_TO = (21211, 21614)   # invalid 'To' number; 'To' is not a valid mobile number
 TOO_MANY_REQUESTS = 20429
+ACCOUNT_CODES = (20003, 20404)   # authentication failed; the account (or its Messages resource) does not exist
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,9 @@ def map_twilio_error(exc: TwilioRestException | TwilioServiceException, retry_af
     if code == TOO_MANY_REQUESTS or status == 429:
         return RateLimited(f"{label}: Twilio rate limit ({code_str})", retry_after=retry_after_seconds(retry_after),
                            code=code_str)
+    if status == 401 or code in ACCOUNT_CODES:
+        return ProviderAccountError(f"{label}: Twilio refused our account ({status}, {code_str}): check the "
+                                    "account SID, auth token and sender", code=code_str)
     if status >= 500:
         return InDoubtChannelError(f"{label}: Twilio server error {status}; it may have accepted the message",
                                    code=code_str)

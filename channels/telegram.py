@@ -26,8 +26,8 @@ any other ``httpx.HTTPError`` → NetworkError, both ``from`` the httpx error)::
     ├── ChatMigrated (group became a supergroup)              → PermanentChannelError("chat_migrated", revoke)
     ├── Forbidden 403 (bot blocked by the user, user deactivated, bot kicked from the group,
     │                  bot can't initiate a conversation)     → PermanentChannelError("forbidden", revoke)
-    ├── InvalidToken 401/404 (the bot token is dead)          → PermanentChannelError("invalid_token")
-    │                                                            (config: every send fails until it is fixed)
+    ├── InvalidToken 401/404 (the bot token is dead)          → ProviderAccountError("invalid_token")
+    │                                                            (config: every send waits until it is fixed)
     ├── NetworkError
     │   ├── BadRequest 400  "chat not found" (*)              → PermanentChannelError("chat_not_found", revoke)
     │   │                   anything else (can't parse entities, text too long, bad button URL)
@@ -99,6 +99,7 @@ from channels.base import (
     InDoubtChannelError,
     OutboundMessage,
     PermanentChannelError,
+    ProviderAccountError,
     RateLimited,
     RecordedRequest,
     SandboxRecorder,
@@ -193,7 +194,7 @@ def map_telegram_error(exc: TelegramError, *, label: str = "telegram") -> Channe
         return PermanentChannelError(f"{label}: {exc.message}", code="forbidden", revoke_address=True)
     if isinstance(exc, InvalidToken):
         # a configuration problem, not this member's: every send of this bot fails until the token is fixed
-        return PermanentChannelError(f"{label}: Telegram rejected the bot token", code="invalid_token")
+        return ProviderAccountError(f"{label}: Telegram rejected the bot token", code="invalid_token")
     if isinstance(exc, BadRequest):
         # Telegram's only signal for a dead chat is the description of a 400 (see the docstring)
         if "chat not found" in exc.message.casefold():

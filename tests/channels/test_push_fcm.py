@@ -17,6 +17,7 @@ from channels.base import (
     InDoubtChannelError,
     OutboundMessage,
     PermanentChannelError,
+    ProviderAccountError,
     RateLimited,
     RecordedRequest,
     SendReceipt,
@@ -208,7 +209,6 @@ async def test_a_message_without_a_device_token_is_refused_before_any_request(fc
     ("UNREGISTERED", True),             # the token is dead: the caller deletes it
     ("SENDER_ID_MISMATCH", True),       # the token belongs to another Firebase project
     ("INVALID_ARGUMENT", False),        # a bad message: the token stays
-    ("THIRD_PARTY_AUTH_ERROR", False),  # our APNs / web push credentials: configuration
 ])
 async def test_fcm_refusals_are_permanent_and_revoke_only_dead_or_foreign_tokens(fcm, fcm_code, revoke):
     fcm.then(error=fcm_code)
@@ -224,19 +224,26 @@ async def test_a_400_with_only_a_bad_request_detail_is_invalid_argument(fcm):
     assert error.code == "INVALID_ARGUMENT" and not error.revoke_address
 
 
+async def test_our_apns_or_web_push_credentials_refused_is_an_account_problem_not_the_members(fcm):
+    fcm.then(error="THIRD_PARTY_AUTH_ERROR")
+    error = await send_expecting(channel(fcm), ProviderAccountError)
+    assert error.code == "THIRD_PARTY_AUTH_ERROR" and len(fcm.requests) == 1
+
+
 @pytest.mark.parametrize(("status", "google_status"), [(403, "PERMISSION_DENIED"), (404, "NOT_FOUND")])
 async def test_a_403_or_404_without_fcms_error_code_keeps_the_token(fcm, status, google_status):
     """pyfcm calls every 403 a sender mismatch and every 404 an unregistered token; a project whose FCM API
-    is off, or a wrong project id, must not make us delete every member's token."""
+    is off, or a wrong project id, must not make us delete every member's token: it is the account's problem,
+    and the message waits (nothing was sent)."""
     fcm.then(status=status, body=google_error(status, google_status, "denied"))
-    error = await send_expecting(channel(fcm), PermanentChannelError)
-    assert error.code == google_status and not error.revoke_address
+    error = await send_expecting(channel(fcm), ProviderAccountError)
+    assert error.code == google_status and isinstance(error, TransientChannelError)
 
 
-async def test_a_refused_oauth_token_is_a_permanent_configuration_error(fcm):
+async def test_a_refused_oauth_token_is_an_account_configuration_error(fcm):
     fcm.then(status=401, body=auth_error())
-    error = await send_expecting(channel(fcm), PermanentChannelError)
-    assert error.code == "UNAUTHENTICATED" and "configuration" in str(error) and not error.revoke_address
+    error = await send_expecting(channel(fcm), ProviderAccountError)
+    assert error.code == "UNAUTHENTICATED" and "configuration" in str(error)
 
 
 async def test_quota_exceeded_is_rate_limited_with_the_retry_after_header(fcm):
@@ -313,7 +320,7 @@ async def test_an_expired_access_token_is_refreshed_and_the_message_sent_once_mo
 async def test_a_token_refused_as_expired_twice_is_not_sent_a_third_time(fcm):
     fcm.then(status=401, body=auth_error("ACCESS_TOKEN_EXPIRED"))
     fcm.then(status=401, body=auth_error("ACCESS_TOKEN_EXPIRED"))
-    error = await send_expecting(channel(fcm), PermanentChannelError)
+    error = await send_expecting(channel(fcm), ProviderAccountError)
     assert error.code == "UNAUTHENTICATED" and len(fcm.requests) == 2
 
 
@@ -326,9 +333,9 @@ async def test_google_oauth_unreachable_is_transient_and_nothing_is_sent(fcm):
     assert error.code == "oauth_unavailable" and fcm.requests == []
 
 
-async def test_google_refusing_our_key_is_a_permanent_configuration_error(fcm):
+async def test_google_refusing_our_key_is_an_account_configuration_error(fcm):
     credentials = FakeCredentials(fail=RefreshError("invalid_grant: Invalid JWT Signature."))
-    error = await send_expecting(channel(fcm, credentials=credentials), PermanentChannelError)
+    error = await send_expecting(channel(fcm, credentials=credentials), ProviderAccountError)
     assert error.code == "oauth_refused" and "configuration" in str(error) and fcm.requests == []
 
 

@@ -280,3 +280,15 @@ def test_unknown_status_is_an_error():
 def test_inbound_keywords(body, kind):
     assert parse_inbound({"From": TO, "Body": body, "MessageSid": "SM9"}) == InboundEvent(
         TO, body, kind, event_id="twilio:SM9")
+
+
+@pytest.mark.parametrize(("status", "code"), [(401, 20003), (404, 20404)])
+async def test_twilio_refusing_our_account_makes_the_message_wait_not_fail(twilio, status, code):
+    from channels.base import ProviderAccountError
+
+    twilio.then(status=status, code=code)
+    ch = channel(twilio.url)
+    with pytest.raises(ProviderAccountError) as info:
+        await ch.send(sms())
+    await ch.aclose()
+    assert isinstance(info.value, TransientChannelError) and info.value.code == str(code)

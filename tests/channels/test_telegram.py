@@ -19,6 +19,7 @@ from channels.base import (
     InDoubtChannelError,
     OutboundMessage,
     PermanentChannelError,
+    ProviderAccountError,
     RateLimited,
     RecordedRequest,
     SendReceipt,
@@ -212,10 +213,10 @@ async def test_flood_control_seconds_when_ptb_gives_a_timedelta(telegram, monkey
     assert error.retry_after == 35.0
 
 
-async def test_rejected_token_is_permanent_and_not_a_member_problem(telegram):
-    error = await send_expecting(telegram.base_url, PermanentChannelError, bot_token="999:not-our-bot")
+async def test_rejected_token_is_the_accounts_problem_not_the_members(telegram):
+    error = await send_expecting(telegram.base_url, ProviderAccountError, bot_token="999:not-our-bot")
     assert telegram.requests[0].token == "999:not-our-bot"  # the fake answered 401 Unauthorized
-    assert error.code == "invalid_token" and not error.revoke_address
+    assert error.code == "invalid_token" and isinstance(error, TransientChannelError)
     assert "999:not-our-bot" not in str(error)
 
 

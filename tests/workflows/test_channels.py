@@ -8,6 +8,7 @@ received, the bytes the SMTP server received; and in the delivery, consent and s
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -492,3 +493,27 @@ async def test_claimed_messages_never_wait_for_a_rate_slot_past_the_pages_deadli
     assert rig.acts[0].pages >= 2
     from tests.workflows.conftest import campaign_row
     assert campaign_row(engine, cid).budget_spent == sum(r.cost for r in rows)
+
+
+async def test_a_bot_token_telegram_refuses_makes_messages_wait_instead_of_falling_back(
+        workers, engine: Engine, telegram: Any, smtp_server: Any) -> None:
+    """A dead bot token is the program's configuration, not the member's: the message is not moved to
+    email nor failed; it waits, and goes out once the token is fixed."""
+    program, (a,) = bulk_members(engine, 1)
+    set_program_settings(engine, program, NO_QUIET)
+    use_telegram(engine, telegram)
+    with session_scope(engine) as s:
+        s.get(Member, a).telegram_chat_id = "5550009"
+    contacts(engine, a, consent=("telegram",))
+    telegram.fail(401, "Unauthorized")
+    cid = make_campaign(engine, program, channels=["telegram", "email"], template="weekend_offer")
+    async with workers(engine=engine) as rig:
+        handle = await rig.start(cid, page_size=50)
+        await wait_for(lambda: len(telegram.calls("sendMessage")) >= 1, what="the refused send")
+        await asyncio.sleep(0.3)
+        [row] = deliveries(engine, cid)
+        assert (row.status, row.channel, row.reason) == ("planned", "telegram", "provider_account")
+        result = await handle.result()   # the page's retry (after 60 s of server time) goes through
+    [row] = deliveries(engine, cid)
+    assert (row.status, row.channel, row.attempts) == ("sent", "telegram", None)
+    assert smtp_server.recipients() == [] and result.counts.sent == 1
