@@ -591,7 +591,8 @@ class DeliveryActivities:
                     states: dict[str, dict[int, dict[str, str]]], tried: Sequence[str]) -> Any:
         order = ctx.order(step)
         return candidates(order, topic=ctx.spec.topic, contacts=m.contacts,
-                          states={c: states.get(c, {}).get(m.id, {}) for c in order}, tried=tried)
+                          states={c: states.get(c, {}).get(m.id, {}) for c in order}, tried=tried,
+                          available=self._registry.available(ctx.program_id))
 
     def _route(self, ctx: CampaignContext, step: str, delivery_id: int, m: _Member,
                states: dict[str, dict[int, dict[str, str]]], attempts: Any,

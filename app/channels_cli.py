@@ -51,16 +51,18 @@ def _read_config(path: Path | None) -> dict[str, Any]:
 @channels_app.command("list")
 def channels_list(program: str) -> None:
     """Each channel's provider for the program (sandbox where none), secrets masked."""
-    engine = make_engine(Settings().db_url)
+    settings = Settings()
+    engine = make_engine(settings.db_url)
     try:
-        accounts = list_accounts(engine=engine, program=program)
+        accounts = list_accounts(engine=engine, program=program, sandbox_allowed=settings.sandbox_allowed)
     except ProgramNotFound as exc:
         raise _fail(str(exc)) from None
     t = Table(title=f"{program}: channels")
     for col in ("channel", "provider", "rate/s", "settings"):
         t.add_column(col)
     for a in accounts:
-        provider = "[yellow]sandbox[/] (recorded, not sent)" if a.sandbox else a.provider
+        provider = ("[yellow]sandbox[/] (recorded, not sent)" if a.sandbox else
+                    "[red]none[/] (not available: no account, sandbox off)" if a.provider == "none" else a.provider)
         t.add_row(a.channel, provider, f"{a.rate_per_s:g}" if a.rate_per_s else "-",
                   json.dumps(a.config, ensure_ascii=False) if a.config else "")
     out.print(t)

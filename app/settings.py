@@ -54,6 +54,9 @@ class Settings(BaseSettings):
 
     # provider accounts (`clarion channels set`) are read again after this many seconds
     channel_refresh_s: float = Field(default=30.0, ge=0, le=3600)
+    # a channel with no account records its requests in the sandbox outbox instead of sending (None: on for
+    # the embedded stack, off against an external Temporal, where such a channel is simply not available)
+    sandbox: bool | None = None
 
     # broadcast tuning
     page_size: int = Field(default=500, ge=1, le=5000)
@@ -73,6 +76,10 @@ class Settings(BaseSettings):
     @property
     def embedded_temporal(self) -> bool:
         return not self.temporal_address
+
+    @property
+    def sandbox_allowed(self) -> bool:
+        return self.embedded_temporal if self.sandbox is None else self.sandbox
 
     @property
     def base_url(self) -> str:

@@ -37,7 +37,8 @@ def signer(settings: Settings) -> Signer:
 
 def channel_registry(settings: Settings, engine: Engine) -> ChannelRegistry:
     return ChannelRegistry(engine=engine, email=email_channel(settings), public_base_url=settings.base_url,
-                           refresh_s=settings.channel_refresh_s, email_rate_per_s=settings.smtp_rate_per_s)
+                           refresh_s=settings.channel_refresh_s, email_rate_per_s=settings.smtp_rate_per_s,
+                           sandbox=settings.sandbox_allowed)
 
 
 def delivery_activities(settings: Settings, *, engine: Engine | None = None,

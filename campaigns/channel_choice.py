@@ -11,7 +11,7 @@ when the campaign is ``[email, sms]`` and the member allows neither): what a mar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -56,13 +56,21 @@ class Choice:
     reason: str | None = None          # why none, when empty
 
 
+NO_ACCOUNT = "no_account"
+
+
 def candidates(order: Sequence[str], *, topic: str, contacts: Contacts,
-               states: Mapping[str, Mapping[str, str]], tried: Sequence[str] = ()) -> Choice:
-    """``states``: channel → {topic: status} for this member. ``tried``: channels already failed."""
+               states: Mapping[str, Mapping[str, str]], tried: Sequence[str] = (),
+               available: Collection[str] | None = None) -> Choice:
+    """``states``: channel → {topic: status} for this member. ``tried``: channels already failed.
+    ``available``: the channels the program can send on (None: all)."""
     allowed: list[str] = []
     first_reason: str | None = None
     for channel in order:
         if channel in tried:
+            continue
+        if available is not None and channel not in available:
+            first_reason = first_reason or NO_ACCOUNT
             continue
         decision: Decision = decide(states.get(channel, {}), topic=topic, channel=channel)
         if decision.allowed and not has_address(channel, contacts):

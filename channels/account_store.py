@@ -43,8 +43,9 @@ def set_account(*, engine: Engine, program: str, channel: str, provider: str, co
     return AccountView(channel, provider, False, masked(values), rate_per_s or default_rate(channel), now)
 
 
-def list_accounts(*, engine: Engine, program: str) -> list[AccountView]:
-    """Every channel that takes an account, with the program's account or "sandbox"."""
+def list_accounts(*, engine: Engine, program: str, sandbox_allowed: bool = True) -> list[AccountView]:
+    """Every channel that takes an account, with the program's account, or "sandbox" (or "none" where the
+    sandbox is not allowed: the channel is not available)."""
     with Session(engine) as s:
         program_id = get_program(s, program).id
         rows = {a.channel: a for a in s.scalars(select(ChannelAccount).where(ChannelAccount.program_id == program_id))}
@@ -53,8 +54,8 @@ def list_accounts(*, engine: Engine, program: str) -> list[AccountView]:
         a = rows.get(channel)
         if a is None:
             builtin = next(iter(PROVIDERS[channel])) == "clarion"
-            out.append(AccountView(channel, "clarion" if builtin else "sandbox", not builtin, {},
-                                   default_rate(channel)))
+            provider = "clarion" if builtin else ("sandbox" if sandbox_allowed else "none")
+            out.append(AccountView(channel, provider, not builtin and sandbox_allowed, {}, default_rate(channel)))
         else:
             out.append(AccountView(channel, a.provider, False, masked(a.config), a.rate_per_s or default_rate(channel),
                                    a.updated_at))

@@ -10,7 +10,9 @@
 
 Sandbox: with no account, the real adapter runs with a :class:`SandboxOutbox`, which keeps the exact
 request the provider would have received in ``sandbox_message`` (labelled sandbox everywhere it is shown)
-and nothing leaves the machine. The account is read again after ``refresh_s`` seconds, so a new account or
+and nothing leaves the machine. Only where the sandbox is allowed (``CLARION_SANDBOX``; by default on the
+embedded stack and off against an external Temporal): elsewhere a channel with no account is not
+available, and members go to their next channel (``available``). The account is read again after ``refresh_s`` seconds, so a new account or
 a changed token takes effect without restarting workers; replaced adapters are closed at ``aclose``.
 
 A :class:`Route` also carries the rate limit of the account: its key in the shared limiter
@@ -30,7 +32,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from channels.accounts import default_rate, parse_account
-from channels.base import Channel, RecordedRequest, current_delivery
+from channels.base import Channel, ProviderAccountError, RecordedRequest, current_delivery
 from channels.stored import STORED_CHANNELS, StoredChannel
 from storage.db import session_scope
 from storage.tables import ChannelAccount, ChannelName, SandboxMessage, utcnow
@@ -57,6 +59,20 @@ class SandboxOutbox:
             return str(row.id)
 
 
+class _NoAccount:
+    """A channel with no account where the sandbox is not allowed: nothing can be sent (the message waits)."""
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+
+    async def send(self, msg: Any) -> Any:
+        raise ProviderAccountError(f"{self.channel}: the program has no account for this channel "
+                                   "(`clarion channels set`)", code="no_account")
+
+    async def aclose(self) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class Route:
     channel: Any                     # a channels.base.Channel
@@ -68,8 +84,10 @@ class Route:
 
 class ChannelRegistry:
     def __init__(self, *, engine: Engine, email: Channel, public_base_url: str, refresh_s: float = 30.0,
-                 email_rate_per_s: float | None = None) -> None:
+                 email_rate_per_s: float | None = None, sandbox: bool = True) -> None:
         self._engine = engine
+        self._sandbox = sandbox
+        self._available: dict[int, tuple[float, frozenset[str]]] = {}
         self._email = email
         self._base_url = public_base_url.rstrip("/")
         self._refresh_s = refresh_s
@@ -81,6 +99,22 @@ class ChannelRegistry:
     @property
     def email(self) -> Channel:
         return self._email
+
+    def available(self, program_id: int) -> frozenset[str]:
+        """The channels a program can send on: email, Clarion's own, those with an account, and the others
+        when the sandbox is allowed. Blocking (cached for ``refresh_s``): call it in a thread."""
+        now = time.monotonic()
+        found = self._available.get(program_id)
+        if found is not None and now - found[0] < self._refresh_s:
+            return found[1]
+        with Session(self._engine) as s:
+            accounts = set(s.scalars(select(ChannelAccount.channel).where(ChannelAccount.program_id == program_id)))
+        channels = {ChannelName.email.value, *(c.value for c in STORED_CHANNELS), *accounts}
+        if self._sandbox:
+            channels |= {c.value for c in ChannelName}
+        result = frozenset(channels)
+        self._available[program_id] = (now, result)
+        return result
 
     def route(self, program_id: int, channel: str) -> Route:
         """The adapter for ``channel`` of a program. Blocking (reads the account): call it in a thread."""
@@ -112,6 +146,8 @@ class ChannelRegistry:
         if channel in STORED_CHANNELS:
             return Route(StoredChannel(self._engine, ChannelName(channel)), sandbox=False)
         rate = (account.rate_per_s if account is not None and account.rate_per_s else None) or default_rate(channel)
+        if account is None and not self._sandbox:
+            return Route(_NoAccount(channel), sandbox=False)
         if account is None:
             recorder = SandboxOutbox(self._engine, program_id)
             adapter = self._sandbox_adapter(channel, recorder)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, Field
 
-from app.api.deps import EngineDep, require
+from app.api.deps import EngineDep, SettingsDep, require
 from app.errors import Invalid, NotFound
 from channels.account_store import list_accounts, remove_account, sandbox_messages, set_account
 from channels.accounts import PROVIDERS, AccountError
@@ -32,9 +32,11 @@ def _view(a: Any) -> dict[str, Any]:
 
 
 @router.get("/api/v1/programs/{program}/channels", dependencies=[Depends(require())])
-def get_channels(program: ProgramKey, engine: EngineDep) -> dict[str, Any]:
-    """Each channel's provider account, secrets masked; ``sandbox: true`` where none is set (admin)."""
-    return {"program": program, "channels": [_view(a) for a in list_accounts(engine=engine, program=program)]}
+def get_channels(program: ProgramKey, engine: EngineDep, settings: SettingsDep) -> dict[str, Any]:
+    """Each channel's provider account, secrets masked; ``sandbox: true`` where none is set and the sandbox
+    is allowed, provider ``none`` where it is not (the channel is not available) (admin)."""
+    accounts = list_accounts(engine=engine, program=program, sandbox_allowed=settings.sandbox_allowed)
+    return {"program": program, "channels": [_view(a) for a in accounts]}
 
 
 @router.put("/api/v1/programs/{program}/channels/{channel}", dependencies=[Depends(require())])

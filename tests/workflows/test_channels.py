@@ -517,3 +517,23 @@ async def test_a_bot_token_telegram_refuses_makes_messages_wait_instead_of_falli
     [row] = deliveries(engine, cid)
     assert (row.status, row.channel, row.attempts) == ("sent", "telegram", None)
     assert smtp_server.recipients() == [] and result.counts.sent == 1
+
+
+async def test_without_the_sandbox_a_channel_with_no_account_is_not_available(workers, engine: Engine,
+                                                                              smtp_server: Any) -> None:
+    """Against an external Temporal (production) the sandbox is off: nothing is 'sent' into it; members go
+    to their next channel, or are suppressed with reason no_account."""
+    program, (a, b) = bulk_members(engine, 2, consent=lambda i: i == 1)
+    set_program_settings(engine, program, NO_QUIET)
+    contacts(engine, a, phone="+14155550601", consent=("whatsapp",))
+    contacts(engine, b, phone="+14155550602", consent=("whatsapp",))
+    cid = make_campaign(engine, program, channels=["whatsapp", "email"], template="weekend_offer")
+    async with workers(engine=engine) as rig:
+        rig.acts[0]._registry._sandbox = False
+        result = await rig.finish(await rig.start(cid, page_size=50))
+    rows = by_member(deliveries(engine, cid))
+    assert (rows[a].channel, rows[a].status) == ("email", "sent")
+    assert (rows[b].status, rows[b].reason) == ("suppressed", "no_account")
+    with Session(engine) as s:
+        assert s.scalars(select(SandboxMessage)).all() == []
+    assert result.counts.sent == 1
