@@ -460,7 +460,8 @@ class DeliveryActivities:
         channel, when = pick(left, now, lambda c: self._window_opens(ctx, t.time_zone, now, c))
         if channel is None:
             return failed
-        return _Outcome(t.delivery_id, t.member_id, DeliveryStatus.planned, FALLBACK, code, cost=cost,
+        reason = FALLBACK if when == now else Deferral.outside_window   # waits for the next channel's window
+        return _Outcome(t.delivery_id, t.member_id, DeliveryStatus.planned, reason, code, cost=cost,
                         channel=channel, locale=self.locale_for(ctx, t.step, t.member_locale, channel),
                         revoke_address=revoke_address, dead_tokens=dead_tokens, attempts=attempts,
                         due_at=None if when == now else when, fallback=True)

@@ -55,7 +55,7 @@ def list_accounts(*, engine: Engine, program: str, sandbox_allowed: bool = True)
         if a is None:
             builtin = next(iter(PROVIDERS[channel])) == "clarion"
             provider = "clarion" if builtin else ("sandbox" if sandbox_allowed else "none")
-            out.append(AccountView(channel, provider, not builtin and sandbox_allowed, {}, default_rate(channel)))
+            out.append(AccountView(channel, provider, not builtin and sandbox_allowed, {}, None))
         else:
             out.append(AccountView(channel, a.provider, False, masked(a.config), a.rate_per_s or default_rate(channel),
                                    a.updated_at))

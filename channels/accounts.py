@@ -149,6 +149,13 @@ def masked(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# messages per second per provider account when the account does not say: Telegram's limit per bot; modest
+# figures for the others (a Twilio long code takes 1/s, a messaging service or short code far more: set
+# the account's rate to what the provider granted)
+DEFAULT_RATES: dict[str, float] = {ChannelName.telegram: 30.0, ChannelName.sms: 10.0, ChannelName.whatsapp: 20.0,
+                                   ChannelName.push: 500.0}
+
+
 def default_rate(channel: str) -> float | None:
     """Messages per second per provider account when the account does not say."""
-    return {ChannelName.telegram: 30.0}.get(channel)  # type: ignore[call-overload]
+    return DEFAULT_RATES.get(channel)

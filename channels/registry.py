@@ -129,13 +129,15 @@ class ChannelRegistry:
         with Session(self._engine) as s:
             account = s.scalar(select(ChannelAccount).where(ChannelAccount.program_id == program_id,
                                                             ChannelAccount.channel == channel))
-        version = (account.id, account.provider, json.dumps(account.config, sort_keys=True), account.rate_per_s,
-                   ) if account is not None else ()
+        version = (account.updated_at.timestamp(), account.id, account.provider,
+                   json.dumps(account.config, sort_keys=True), account.rate_per_s) if account is not None else ()
         with self._lock:
             found = self._routes.get(key)
             if found is not None and found[1] == version:
                 self._routes[key] = (now, version, found[2])
                 return found[2]
+            if found is not None and found[1] and version and found[1][0] > version[0]:
+                return found[2]   # another thread read a newer account meanwhile: keep it
             route = self._build(program_id, channel, account)
             if found is not None:
                 self._retired.append(found[2].channel)
@@ -145,14 +147,12 @@ class ChannelRegistry:
     def _build(self, program_id: int, channel: str, account: ChannelAccount | None) -> Route:
         if channel in STORED_CHANNELS:
             return Route(StoredChannel(self._engine, ChannelName(channel)), sandbox=False)
-        rate = (account.rate_per_s if account is not None and account.rate_per_s else None) or default_rate(channel)
         if account is None and not self._sandbox:
             return Route(_NoAccount(channel), sandbox=False)
-        if account is None:
+        if account is None:   # nothing leaves the machine: no provider rate to respect
             recorder = SandboxOutbox(self._engine, program_id)
-            adapter = self._sandbox_adapter(channel, recorder)
-            return Route(adapter, sandbox=True, rate_key=f"sandbox:{program_id}:{channel}" if rate else None,
-                         rate_per_s=rate)
+            return Route(self._sandbox_adapter(channel, recorder), sandbox=True)
+        rate = account.rate_per_s or default_rate(channel)
         config = parse_account(channel, account.provider, account.config)
         adapter = self._adapter(channel, config)
         return Route(adapter, sandbox=False, rate_key=f"account:{account.id}" if rate else None,

@@ -24,10 +24,14 @@ def apply_keyword(*, session: Session, program_id: int, member_ids: Sequence[int
     action = {"stop": ConsentAction.revoked, "start": ConsentAction.granted}.get(kind)
     if action is None or not member_ids:
         return 0
+    # a provider's retry of the same message (or STOP sent twice) is not a new act
+    already = {m for m, topics in ledger.states_for(session=session, member_ids=list(member_ids),
+                                                     channel=channel).items()
+               if topics.get(CHANNEL_WIDE) == action}
     rows = ledger.record(session=session, program_id=program_id, acts=[
         ledger.ConsentAct(member_id=m, channel=channel, topic=CHANNEL_WIDE, action=action, source=source,
                           user_agent=user_agent)
-        for m in member_ids])
+        for m in member_ids if m not in already])
     return len(rows)
 
 

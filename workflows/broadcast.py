@@ -313,7 +313,10 @@ class BroadcastCampaign(CampaignControls):
             # the step's total so far, whoever handed it over (a lost result, the CLI): never counted twice
             moved = result.handed_over - counted
             if moved:
-                self._counts = self._counts + Counts(queued=-moved, sent=moved)
+                # letters a lost page result counted as already done (a retried page) were never queued here
+                from_queued = max(0, min(moved, self._counts.queued))
+                self._counts = self._counts + Counts(queued=-from_queued, sent=moved,
+                                                     already_done=-(moved - from_queued))
             counted = result.handed_over
             if not result.more:
                 return

@@ -39,7 +39,10 @@ def test_only_an_admin_sets_accounts_and_secrets_never_come_back(api, engine):
     listed = client.get("/api/v1/programs/shop/channels", headers=auth[Role.admin]).json()["channels"]
     by = {c["channel"]: c for c in listed}
     assert by["sms"]["sandbox"] is False and "secret-auth-token" not in str(listed)
-    assert by["telegram"]["sandbox"] is True and by["telegram"]["rate_per_s"] == 30.0
+    assert by["telegram"]["sandbox"] is True and by["telegram"]["rate_per_s"] is None   # nothing leaves
+    r = client.put("/api/v1/programs/shop/channels/push", headers=auth[Role.admin], json={
+        "provider": "fcm", "config": {"project_id": "shop-app", "service_account_file": "/etc/fcm.json"}})
+    assert r.json()["rate_per_s"] == 500.0        # the provider's default when the account does not say
     assert by["receipt"] == {**by["receipt"], "provider": "clarion", "sandbox": False}
     with Session(engine) as s:
         assert s.scalar(select(ChannelAccount.config)).get("auth_token") == TWILIO["auth_token"]

@@ -157,6 +157,16 @@ def test_stop_words_revoke_sms_and_are_confirmed_in_the_members_language(hooks, 
     assert (rec.channel, rec.action, rec.source) == ("sms", "revoked", "sms_keyword")
 
 
+def test_a_stop_twilio_delivers_twice_is_one_act_in_the_ledger(hooks, engine):
+    client, _, member_id = hooks
+    for _ in range(2):
+        post(client, "/webhooks/twilio/inbound", inbound("STOP"))
+    with Session(engine) as s:
+        records = s.scalars(select(ConsentRecord).where(ConsentRecord.member_id == member_id,
+                                                        ConsentRecord.channel == "sms", ConsentRecord.topic == "*"))
+        assert len(records.all()) == 1
+
+
 def test_a_member_who_replied_stop_gets_no_more_sms_and_start_brings_them_back(hooks, engine):
     client, _, member_id = hooks
     post(client, "/webhooks/twilio/inbound", inbound("STOP"))
