@@ -380,8 +380,9 @@ class DeliveryActivities:
                     outcomes.append(o)
                     tally.add(DeliveryStatus.planned, Deferral.paced)
                     continue
-                if o.status == DeliveryStatus.planned and not o.fallback and final:
-                    o = replace(o, status=DeliveryStatus.failed, reason="transient")  # deferred every attempt
+                if o.status == DeliveryStatus.planned and not o.fallback and final:   # deferred every attempt
+                    o = replace(o, status=DeliveryStatus.failed,
+                                reason="provider_account" if o.reason == "provider_account" else "transient")
                 if o.status == DeliveryStatus.planned and not o.fallback:   # nothing sent: try later
                     transient.append(o)
                     if o.retry_after:
