@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.engine import Engine
@@ -55,7 +55,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from channels.accounts import AccountError, DirectMailAccount, parse_account
-from channels.direct_mail import Letter, MailBatch, render_batch
 from storage.db import session_scope
 from storage.tables import (
     Campaign,
@@ -73,6 +72,9 @@ PART_SIZE = 1000           # letters per batch PDF: ~15 s to render, ~230 MB whi
 HEARTBEAT_EVERY_S = 5.0
 PENDING, DONE = "pending", "done"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+if TYPE_CHECKING:   # WeasyPrint loads in ~0.6 s and tens of MB: only when letters are rendered
+    from channels.direct_mail import Letter, MailBatch
 
 
 class CampaignNotFound(LookupError):
@@ -226,6 +228,8 @@ class DirectMailActivities:
                        StoredMessage.locale, Delivery.locale.label("delivery_locale"))  # type: ignore[attr-defined]
                 .join(*join).where(*self._scope(inp), StoredMessage.batch == name)
                 .order_by(Delivery.member_id, Delivery.id)).all()
+        from channels.direct_mail import Letter
+
         letters = [Letter(delivery_id=r.delivery_id, address=list((r.data or {}).get("address") or []),
                           html=r.body, locale=r.locale or r.delivery_locale or "und", title=r.title)
                    for r in rows]
@@ -262,6 +266,8 @@ class DirectMailActivities:
         return manifest if digest == manifest.get("sha256") else None
 
     def _write(self, inp: HandOver, claim: _Claim, pdf_path: Path, manifest_path: Path) -> dict[str, Any]:
+        from channels.direct_mail import render_batch
+
         sender, paper = self._account(claim)
         try:
             batch: MailBatch = render_batch(claim.letters, paper=paper, sender=sender)
