@@ -51,7 +51,7 @@ from campaigns.channel_choice import Contacts, candidates, pick, tried_channels
 from campaigns.costs import affordable, unit_costs
 from campaigns.followups import followup_clause
 from campaigns.holdout import held_out
-from campaigns.rules import CapScope, FrequencyCap, daily_window, program_rules, quiet_hours_for
+from campaigns.rules import CapScope, FrequencyCap, daily_window, member_quiet_hours, program_rules, quiet_hours_for
 from campaigns.spec import CampaignSpec
 from channels.base import OutboundMessage
 from channels.registry import ChannelRegistry, Route
@@ -107,7 +107,8 @@ REACHED = (DeliveryStatus.sending, DeliveryStatus.queued, DeliveryStatus.sent, D
            DeliveryStatus.in_doubt)
 NO_WINDOW = "no_window"    # the send window and quiet hours never overlap for the member's time zone
 CHARGED = (DeliveryStatus.sent, DeliveryStatus.queued, DeliveryStatus.in_doubt)
-REPORTING_CHANNELS = ("sms", "whatsapp")    # providers that call back with delivery reports
+REPORTING_CHANNELS = ("sms", "whatsapp")
+PULLED_CHANNELS = frozenset({"receipt", "inbox", "direct_mail"})   # the member picks these up: no quiet hours    # providers that call back with delivery reports
 # who cut off an address, by channel, in the consent ledger
 REVOKED_BY = {"email": ConsentSource.bounce, "telegram": ConsentSource.telegram}
 
@@ -215,6 +216,7 @@ class _Member:
     addresses: dict[str, str]
     push_tokens: tuple[str, ...] = ()
     whatsapp_open: bool = False
+    quiet: Any = None                # the member's own quiet hours (schedule.QuietHours)
 
 
 class DeliveryActivities:
@@ -458,7 +460,7 @@ class DeliveryActivities:
         left = [c for c in t.candidates if c not in tried]
         if not left:
             return failed
-        channel, when = pick(left, now, lambda c: self._window_opens(ctx, t.time_zone, now, c))
+        channel, when = pick(left, now, lambda c: self._window_opens(ctx, t.time_zone, now, c, t.quiet))
         if channel is None:
             return failed
         reason = FALLBACK if when == now else Deferral.outside_window   # waits for the next channel's window
@@ -525,7 +527,7 @@ class DeliveryActivities:
         plus one for push tokens and one for cards when the campaign has those channels)."""
         wanted = set(ctx.channels)
         cols: list[Any] = [Member.id, Member.email, Member.locale, Member.first_name, Member.last_name,
-                           Member.kind, Member.time_zone, Member.attributes]
+                           Member.kind, Member.time_zone, Member.attributes, Member.preferences]
         if wanted & {"sms", "whatsapp"}:
             cols.append(Member.phone)
         if "whatsapp" in wanted:
@@ -561,7 +563,8 @@ class DeliveryActivities:
                                   push_tokens=len(tokens.get(r.id, ())), has_card=r.id in carded,
                                   postal=bool(postal)),
                 addresses=addresses, push_tokens=tuple(tokens.get(r.id, ())),
-                whatsapp_open=session_open(_aware(m.get("whatsapp_inbound_at")), now)))
+                whatsapp_open=session_open(_aware(m.get("whatsapp_inbound_at")), now),
+                quiet=member_quiet_hours(r.preferences)))
         return out
 
     def _states(self, s: Session, ctx: CampaignContext, member_ids: list[int]) -> dict[str, dict[int, dict[str, str]]]:
@@ -605,7 +608,7 @@ class DeliveryActivities:
         choice = self._candidates(ctx, step, m, states, tried)
         if not choice.channels:
             return None, None, choice.reason
-        channel, when = pick(choice.channels, now, lambda c: self._window_opens(ctx, m.time_zone, now, c))
+        channel, when = pick(choice.channels, now, lambda c: self._window_opens(ctx, m.time_zone, now, c, m.quiet))
         if channel is None:
             return None, None, NO_WINDOW
         target = Target(
@@ -614,7 +617,7 @@ class DeliveryActivities:
             address=m.addresses.get(channel, ""), addresses=m.addresses, push_tokens=m.push_tokens,
             session_open=m.whatsapp_open, candidates=choice.channels,
             attempts=tuple(a for a in (attempts or []) if isinstance(a, dict)), time_zone=m.time_zone,
-            member_locale=m.locale)
+            member_locale=m.locale, quiet=m.quiet)
         return target, when, None
 
     def _prepare(self, ctx: CampaignContext, inp: DeliverBatch, now: datetime,
@@ -800,12 +803,15 @@ class DeliveryActivities:
                 *event_conditions(later.c.payload, trigger.cancel_if.where)).exists()))
         return {by_occurrence[occ] for occ, in found}
 
-    def _window_opens(self, ctx: CampaignContext, tz: str | None, now: datetime, channel: str) -> datetime | None:
-        """``now`` when the member may be sent on ``channel`` now, else when its window opens (None: never)."""
-        quiet = ctx.quiet.get(channel)
-        if ctx.window is None and quiet is None:
+    def _window_opens(self, ctx: CampaignContext, tz: str | None, now: datetime, channel: str,
+                      member_quiet: Any = None) -> datetime | None:
+        """``now`` when the member may be sent on ``channel`` now, else when its window opens (None: never).
+        The member's own quiet hours add to the channel's, on the channels that reach them unasked."""
+        periods = tuple(q for q in (ctx.quiet.get(channel),
+                                    member_quiet if channel not in PULLED_CHANNELS else None) if q is not None)
+        if ctx.window is None and not periods:
             return now
-        return _next_allowed(now, tz or ctx.program_tz, ctx.window, quiet)
+        return _next_allowed(now, tz or ctx.program_tz, ctx.window, periods)
 
     def locale_for(self, ctx: CampaignContext, step: str, member_locale: str | None, channel: str = "email") -> str:
         return self._renderer.resolve_locale(ctx.spec.template_for(step), member_locale,

@@ -15,7 +15,7 @@ from typing import Any
 from campaigns.costs import message_cost
 from channels.base import Button, OutboundMessage
 from channels.sms_text import sms_segments
-from consent.tokens import UNSUBSCRIBE, UNSUBSCRIBE_TTL_S, Signer
+from consent.tokens import PREFERENCES, PREFERENCES_TTL_S, UNSUBSCRIBE, UNSUBSCRIBE_TTL_S, Signer
 from templates.render import Renderer
 
 
@@ -37,6 +37,7 @@ class Target:
     attempts: tuple[dict[str, Any], ...] = ()  # channels tried before (fallback), with their error codes
     time_zone: str | None = None
     member_locale: str | None = None
+    quiet: Any = None                          # the member's own quiet hours (schedule.QuietHours), if any
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,16 @@ class MessageBuilder:
         token = self._signer.sign(UNSUBSCRIBE, {"d": delivery_id}, ttl_s=UNSUBSCRIBE_TTL_S)
         return f"{self._base_url}/u/{token}", token
 
+    def preferences_url(self, member_id: int) -> str:
+        """The member's preference center (sealed link: nothing readable in it)."""
+        return f"{self._base_url}/p/{self._signer.sign(PREFERENCES, {'m': member_id}, ttl_s=PREFERENCES_TTL_S)}"
+
     def build(self, c: CampaignInfo, t: Target) -> tuple[OutboundMessage, Decimal]:
         """The message and what it costs. Raises templates.render.TemplateProblem."""
         url, token = self.unsubscribe_url(t.delivery_id)
         template = c.template(t.step)
         context = {**t.context, "program": c.program, "campaign": {"key": c.key, "name": c.name},
-                   "unsubscribe_url": url}
+                   "unsubscribe_url": url, "preferences_url": self.preferences_url(t.member_id)}
         if t.channel == "email":
             rendered = self._renderer.render_email(template, t.locale, context)
             msg = OutboundMessage(

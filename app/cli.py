@@ -45,7 +45,11 @@ app.add_typer(segment_app, name="segment")
 app.add_typer(channels_app, name="channels")
 app.command("outbox")(outbox)
 from app.direct_mail_cli import register as _register_direct_mail  # noqa: E402
+from app.rights_cli import register as _register_rights  # noqa: E402
+from app.consent_cli import register as _register_consent  # noqa: E402
 _register_direct_mail(app)
+_register_rights(members_app)
+_register_consent(app)
 
 out = Console()
 err = Console(stderr=True)

@@ -1,9 +1,11 @@
 """Program-level rules and the small value types campaign specs share: durations, frequency caps,
-send windows, program settings (unit costs, quiet hours per channel, program-wide caps). Pure.
+send windows, program settings (unit costs, quiet hours per channel, program-wide caps, consent topics,
+double opt-in, the consent wording members are shown). Pure.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 from decimal import Decimal
@@ -108,6 +110,54 @@ class QuietHoursRule(BaseModel):
         return self
 
 
+TOPIC_KEY = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
+Localized = str | dict[str, str]          # one text, or one per locale ("en", "ru", ...)
+
+
+def localized(value: Localized | None, locale: str | None, fallback: str = "en") -> str | None:
+    """The text of ``value`` for ``locale`` (its language, then ``fallback``, then any)."""
+    if value is None or isinstance(value, str):
+        return value
+    for key in (locale, (locale or "").split("-")[0], fallback):
+        if key and key in value:
+            return value[key]
+    return next(iter(value.values()), None)
+
+
+class Topic(BaseModel):
+    """A subject members subscribe to (promotions, news, partner offers). ``service`` topics need no
+    marketing consent (points accrued, expiry notices) but honour a block on the whole channel."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: Annotated[str, Field(pattern=TOPIC_KEY)]
+    name: Localized
+    description: Localized | None = None
+    kind: str = Field(default="marketing", pattern=r"^(marketing|service)$")
+
+
+class ConsentWording(BaseModel):
+    """The text members are shown when they give consent, versioned: the ledger keeps the version and a
+    hash of the exact text shown (the proof of what they agreed to)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Annotated[str, Field(min_length=1, max_length=64)]
+    text: Localized
+
+
+DEFAULT_TOPICS = (Topic(key="promotions", name={"en": "Offers and promotions", "ru": "Акции и предложения"},
+                        description={"en": "Bonus points, sales and personal offers",
+                                     "ru": "Бонусные баллы, скидки и персональные предложения"}),
+                  Topic(key="news", name={"en": "News", "ru": "Новости"},
+                        description={"en": "What is new at the program", "ru": "Новости программы"}))
+DEFAULT_WORDING = ConsentWording(version="clarion-default-1", text={
+    "en": "I agree to receive advertising and information messages from {program} on the channels and topics "
+          "I chose. I can change this or unsubscribe at any time.",
+    "ru": "Я согласен(на) получать рекламные и информационные сообщения {program} по выбранным каналам и "
+          "темам. Я могу изменить выбор или отписаться в любой момент."})
+
+
 class ProgramRules(BaseModel):
     """What a program sets once for all its campaigns (stored in ``program.settings``)."""
 
@@ -116,6 +166,33 @@ class ProgramRules(BaseModel):
     unit_costs: dict[str, Decimal] = Field(default_factory=dict)
     quiet_hours: dict[str, QuietHoursRule | None] = Field(default_factory=dict)
     caps: list[FrequencyCap] = Field(default_factory=list)
+    topics: list[Topic] = Field(default_factory=lambda: list(DEFAULT_TOPICS), max_length=50)
+    double_opt_in: dict[str, bool] = Field(default_factory=lambda: {"email": True})
+    consent_wording: ConsentWording = DEFAULT_WORDING
+
+    @field_validator("topics")
+    @classmethod
+    def _topics(cls, v: list[Topic]) -> list[Topic]:
+        keys = [t.key for t in v]
+        if len(set(keys)) != len(keys):
+            raise ValueError("topic keys must be distinct")
+        if "service" in keys:
+            raise ValueError("'service' is built in (messages that need no marketing consent)")
+        return v
+
+    @field_validator("double_opt_in")
+    @classmethod
+    def _doi(cls, v: dict[str, bool]) -> dict[str, bool]:
+        bad = [c for c in v if c not in ("email", "sms")]
+        if bad:
+            raise ValueError(f"double opt-in is for email (a confirmation link) and sms (reply YES), not {bad[0]!r}")
+        return v
+
+    def topic_keys(self) -> list[str]:
+        return [t.key for t in self.topics]
+
+    def needs_confirmation(self, channel: str) -> bool:
+        return bool(self.double_opt_in.get(channel))
 
     @field_validator("unit_costs")
     @classmethod
@@ -148,6 +225,24 @@ def quiet_hours_for(rules: ProgramRules, channel: str) -> Any:
         q = rules.quiet_hours[channel]
         return None if q is None else QuietHours(parse_hhmm(q.start), parse_hhmm(q.end))
     return DEFAULT_QUIET_HOURS.get(channel)
+
+
+@functools.lru_cache(maxsize=256)
+def _quiet(start: str, end: str) -> Any:
+    from campaigns.schedule import QuietHours, parse_hhmm
+
+    return QuietHours(parse_hhmm(start), parse_hhmm(end))
+
+
+def member_quiet_hours(preferences: dict[str, Any] | None) -> Any:
+    """The member's own quiet hours from ``member.preferences`` ({"quiet_hours": {"from", "to"}}), or None."""
+    q = (preferences or {}).get("quiet_hours") if isinstance(preferences, dict) else None
+    if not isinstance(q, dict) or not q.get("from") or not q.get("to") or q["from"] == q["to"]:
+        return None
+    try:
+        return _quiet(str(q["from"]), str(q["to"]))
+    except ValueError:
+        return None
 
 
 def daily_window(window: SendWindow | None) -> Any:

@@ -202,7 +202,16 @@ def _aware_utc(at: datetime) -> datetime:
     return at.astimezone(UTC)
 
 
-def _allowed_spans(at: datetime, tz: ZoneInfo, window: DailyWindow | None, quiet: QuietHours | None,
+Quiet = QuietHours | tuple[QuietHours, ...] | None   # one period, several (the channel's and the member's), none
+
+
+def _quiet_periods(quiet: Quiet) -> tuple[QuietHours, ...]:
+    if quiet is None:
+        return ()
+    return quiet if isinstance(quiet, tuple) else (quiet,)
+
+
+def _allowed_spans(at: datetime, tz: ZoneInfo, window: DailyWindow | None, quiet: Quiet,
                    days_before: int, days_after: int) -> list[Span]:
     local = at.astimezone(tz).date()
     first, last = local - timedelta(days=days_before), local + timedelta(days=days_after)
@@ -210,16 +219,16 @@ def _allowed_spans(at: datetime, tz: ZoneInfo, window: DailyWindow | None, quiet
         spans = [(_instant(first, time(0), tz), _instant(last + timedelta(days=2), time(0), tz))]
     else:
         spans = _spans(window.start, window.end, window.days, tz, first, last)
-    if quiet is not None:
-        holes = _spans(quiet.start, quiet.end, ALL_DAYS, tz, first - timedelta(days=1), last + timedelta(days=1))
+    for q in _quiet_periods(quiet):
+        holes = _spans(q.start, q.end, ALL_DAYS, tz, first - timedelta(days=1), last + timedelta(days=1))
         spans = list(_subtract(spans, holes))
     return spans
 
 
-def is_allowed(at: datetime, tz: str, window: DailyWindow | None, quiet: QuietHours | None) -> bool:
+def is_allowed(at: datetime, tz: str, window: DailyWindow | None, quiet: Quiet) -> bool:
     """True when ``at`` is inside ``window`` and outside ``quiet`` in the local time of ``tz``."""
     at = _aware_utc(at)
-    if window is None and quiet is None:
+    if window is None and not _quiet_periods(quiet):
         return True
     # A span holding `at` opens on at's local date or up to two days before (over midnight, whole-day
     # windows, and zones that once jumped back across midnight), or the day after (fold=0 past midnight).
@@ -227,12 +236,12 @@ def is_allowed(at: datetime, tz: str, window: DailyWindow | None, quiet: QuietHo
     return any(lo <= at < hi for lo, hi in spans)
 
 
-def next_allowed(at: datetime, tz: str, window: DailyWindow | None, quiet: QuietHours | None) -> datetime | None:
+def next_allowed(at: datetime, tz: str, window: DailyWindow | None, quiet: Quiet) -> datetime | None:
     """The earliest instant ``>= at`` (in UTC) at which :func:`is_allowed` holds: ``at`` itself when sending
     is allowed now, None when it never is (the window and quiet hours never overlap, no days): nothing opens
     within ``HORIZON_DAYS`` local days, two full weeks of windows."""
     at = _aware_utc(at)
-    if window is None and quiet is None:
+    if window is None and not _quiet_periods(quiet):
         return at
     if window is not None and not window.days:
         return None

@@ -20,6 +20,7 @@ class ConsentAct:
     action: ConsentAction
     source: ConsentSource
     wording_version: str | None = None
+    text_hash: str | None = None
     ip: str | None = None
     user_agent: str | None = None
     campaign_id: int | None = None
@@ -32,7 +33,7 @@ def record(*, session: Session, program_id: int, acts: Iterable[ConsentAct]) -> 
         row = ConsentRecord(
             program_id=program_id, member_id=act.member_id, channel=str(act.channel),
             topic=act.topic, action=str(act.action), source=str(act.source),
-            wording_version=act.wording_version, ip=act.ip, user_agent=act.user_agent,
+            wording_version=act.wording_version, text_hash=act.text_hash, ip=act.ip, user_agent=act.user_agent,
             campaign_id=act.campaign_id, at=utcnow(),
         )
         session.add(row)

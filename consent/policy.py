@@ -2,7 +2,8 @@
 
 Inputs are the member's current consent states (derived from the ledger) for the channel, keyed by
 topic; ``"*"`` is the whole channel. Marketing topics need a prior opt-in (granted or confirmed);
-``service`` messages need none but still honour a block on the whole channel.
+``service`` messages need none but still honour a block on the whole channel. A topic ``requested`` with
+double opt-in is not consent until the member confirms (``unconfirmed``).
 
 Opt-in is the rule for every channel that reaches the member over a telecom network or the internet
 (email, SMS, WhatsApp, Telegram, push: GDPR/ePrivacy, 38-FZ art. 18). The channels that reach the member
@@ -26,6 +27,7 @@ class SuppressReason(StrEnum):
     revoked = "revoked"                  # opted out of the topic (or the channel)
     suppressed = "suppressed"            # address suppressed (hard bounce, complaint)
     no_address = "no_address"            # no usable address for the channel
+    unconfirmed = "unconfirmed"          # asked for with double opt-in, the confirmation link not used yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,8 @@ def decide(states: Mapping[str, str], *, topic: str, channel: str | None = None)
         return Decision(False, SuppressReason.revoked)
     if state == "suppressed":
         return Decision(False, SuppressReason.suppressed)
+    if state == "requested":
+        return Decision(False, SuppressReason.unconfirmed)
     if channel in OPT_OUT_CHANNELS:
         return ALLOW
     return Decision(False, SuppressReason.no_consent)

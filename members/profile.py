@@ -22,7 +22,8 @@ class ConsentGrant(BaseModel):
 
     channel: str = Field(pattern=r"^(email|sms|whatsapp|telegram|push|receipt|inbox|direct_mail)$")
     topic: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")
-    action: str = Field(default="granted", pattern=r"^(granted|revoked)$")
+    # requested: the member asked on a channel with double opt-in; a confirmation is sent, consent once confirmed
+    action: str = Field(default="granted", pattern=r"^(granted|revoked|requested)$")
     wording_version: str | None = Field(default=None, max_length=64)
 
 

@@ -44,6 +44,7 @@ class ConsentAction(StrEnum):
     revoked = "revoked"
     confirmed = "confirmed"
     suppressed = "suppressed"
+    requested = "requested"      # asked for on a channel with double opt-in: not consent until confirmed
 
 
 class ConsentSource(StrEnum):
@@ -148,6 +149,9 @@ class Member(SQLModel, table=True):
     # postal address for direct mail: {name, line1, line2, postcode, city, region, country}
     postal_address: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))
     whatsapp_inbound_at: datetime | None = _ts(default=None)   # opens WhatsApp's 24 h window
+    # the member's own choices beyond consent: {"quiet_hours": {"from": "22:00", "to": "08:00"}}
+    preferences: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))
+    erased_at: datetime | None = _ts(default=None)   # personal data removed (member rights); figures kept
     attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
@@ -217,6 +221,7 @@ class ConsentRecord(SQLModel, table=True):
     action: str = Field(max_length=16)
     source: str = Field(max_length=16)
     wording_version: str | None = Field(default=None, max_length=64)
+    text_hash: str | None = Field(default=None, max_length=64)   # SHA-256 of the exact text the member was shown
     ip: str | None = Field(default=None, max_length=45)
     user_agent: str | None = Field(default=None, max_length=512)
     campaign_id: int | None = Field(default=None, foreign_key="campaign.id")
@@ -387,6 +392,27 @@ class EarlyStatus(SQLModel, table=True):
     error_code: str | None = Field(default=None, max_length=64)
     event_id: str = Field(max_length=255, unique=True)
     received_at: datetime = _ts(default_factory=utcnow)
+
+
+class Confirmation(SQLModel, table=True):
+    """A double opt-in request: the confirmation message sent to an address, and whether it was confirmed.
+
+    ``status``: pending → sending → sent → confirmed | expired; ``in_doubt`` when a send may or may not
+    have gone (never sent again). The address is kept as the proof of where the link went."""
+
+    __table_args__ = (Index("ix_confirmation_status", "status", "requested_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int = Field(foreign_key="program.id")
+    member_id: int = Field(foreign_key="member.id", index=True)
+    channel: str = Field(max_length=16)
+    address: str | None = Field(default=None, max_length=320)
+    topics: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="pending", max_length=16)
+    provider_message_id: str | None = Field(default=None, max_length=255)
+    requested_at: datetime = _ts(default_factory=utcnow)
+    sent_at: datetime | None = _ts(default=None)
+    confirmed_at: datetime | None = _ts(default=None)
 
 
 class MemberLink(SQLModel, table=True):

@@ -9,7 +9,19 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from app import errors
-from app.api import campaigns, channels, events, inbox, members, pos, programs, unsubscribe, webhooks
+from app.api import (
+    campaigns,
+    channels,
+    events,
+    inbox,
+    member_rights,
+    members,
+    pos,
+    preferences,
+    programs,
+    unsubscribe,
+    webhooks,
+)
 from app.settings import Settings
 from app.temporal import connect
 from app.worker import signer
@@ -46,6 +58,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None, client: Clie
     app.include_router(inbox.router)
     app.include_router(channels.router)
     app.include_router(webhooks.router)
+    app.include_router(preferences.router)
+    app.include_router(member_rights.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -338,3 +338,16 @@ def _by_wall_clock(at: datetime, tz: str, window: DailyWindow | None, quiet: Qui
 @given(at=instants, tz=st.sampled_from(FIXED_OFFSET_ZONES), window=windows, quiet=quiets)
 def test_without_clock_changes_it_is_a_plain_wall_clock_comparison(at, tz, window, quiet):
     assert is_allowed(at, tz, window, quiet) == _by_wall_clock(at, tz, window, quiet)
+
+
+def test_several_quiet_periods_are_all_kept_quiet():
+    """A member's own quiet hours add to the channel's: 21:00-09:00 and 12:00-14:00 leave 09-12 and 14-21."""
+    from campaigns.schedule import QuietHours, is_allowed, next_allowed
+    from datetime import UTC, datetime, time
+
+    both = (QuietHours(time(21), time(9)), QuietHours(time(12), time(14)))
+    day = datetime(2026, 6, 1, tzinfo=UTC)
+    assert is_allowed(day.replace(hour=10), "UTC", None, both)
+    assert not is_allowed(day.replace(hour=13), "UTC", None, both)
+    assert next_allowed(day.replace(hour=12, minute=30), "UTC", None, both) == day.replace(hour=14)
+    assert next_allowed(day.replace(hour=22), "UTC", None, both) == day.replace(day=2, hour=9)
