@@ -132,6 +132,9 @@ def worker() -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             async with w:
+                from app.confirmations import wake_confirmations
+
+                await wake_confirmations(client, s)
                 out.print(f"worker polling task queue {s.temporal_task_queue!r} at {s.temporal_target}")
                 await stop.wait()
         asyncio.run(run())

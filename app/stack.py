@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from app.api.main import create_app
+from app.confirmations import wake_confirmations
 from app.settings import Settings
 from app.temporal import connect, start_dev_server
 from app.worker import build_worker, delivery_activities
@@ -64,6 +65,7 @@ async def embedded_stack(settings: Settings, *, with_api: bool = True) -> AsyncI
         stack.push_async_callback(acts.aclose)
         worker = build_worker(client, settings, acts)
         await stack.enter_async_context(worker)
+        await wake_confirmations(client, settings)   # the double opt-in sender runs while a worker does
         server: uvicorn.Server | None = None
         if with_api:
             app = create_app(settings, engine=engine, client=client)

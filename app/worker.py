@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.confirmations import ConfirmationActivities
 from activities.delivery import DeliveryActivities
 from activities.direct_mail import DirectMailActivities
 from activities.triggers import TriggerActivities
@@ -17,9 +17,10 @@ from consent.tokens import Signer
 from storage.db import make_engine
 from templates.render import Renderer
 from workflows.broadcast import BroadcastCampaign
+from workflows.confirmations import ConfirmationSender
 from workflows.triggered import ScheduledTriggerRun, TriggeredCampaign
 
-WORKFLOWS = [BroadcastCampaign, TriggeredCampaign, ScheduledTriggerRun]
+WORKFLOWS = [BroadcastCampaign, TriggeredCampaign, ScheduledTriggerRun, ConfirmationSender]
 
 
 def email_channel(settings: Settings) -> SmtpEmailChannel:
@@ -44,13 +45,23 @@ def channel_registry(settings: Settings, engine: Engine) -> ChannelRegistry:
 def delivery_activities(settings: Settings, *, engine: Engine | None = None,
                         cls: type[DeliveryActivities] = DeliveryActivities) -> DeliveryActivities:
     engine = engine or make_engine(settings.db_url)
+    renderer, registry = Renderer(), channel_registry(settings, engine)
     acts = cls(
-        engine=engine, renderer=Renderer(), registry=channel_registry(settings, engine),
+        engine=engine, renderer=renderer, registry=registry,
         signer=signer(settings), base_url=settings.base_url, unsubscribe_mailto=settings.unsubscribe_mailto,
     )
-    # the direct-mail hand-over shares the engine; activity_list registers it (its folder is a setting)
+    # the direct-mail hand-over and the double opt-in sender share the engine and the channels;
+    # activity_list registers them
     acts.direct_mail = direct_mail_activities(settings, engine)  # type: ignore[attr-defined]
+    acts.confirmations = confirmation_activities(settings, engine, registry, renderer)  # type: ignore[attr-defined]
     return acts
+
+
+def confirmation_activities(settings: Settings, engine: Engine, registry: ChannelRegistry,
+                            renderer: Renderer | None = None) -> ConfirmationActivities:
+    return ConfirmationActivities(engine=engine, registry=registry, renderer=renderer or Renderer(),
+                                  signer=signer(settings), base_url=settings.base_url,
+                                  message_id_domain=settings.unsubscribe_mailto.rsplit("@", 1)[-1])
 
 
 def direct_mail_activities(settings: Settings, engine: Engine) -> DirectMailActivities:
@@ -61,9 +72,12 @@ def activity_list(acts: DeliveryActivities) -> list:
     triggers = TriggerActivities(engine=acts._engine, delivery=acts)
     mail: DirectMailActivities = getattr(acts, "direct_mail", None) or \
         direct_mail_activities(get_settings(), acts._engine)
+    confirmations: ConfirmationActivities = getattr(acts, "confirmations", None) or \
+        confirmation_activities(get_settings(), acts._engine, acts._registry)
     return [acts.count_audience, acts.plan_pages, acts.set_campaign_status, acts.deliver_batch,
             acts.pending_summary, acts.expire_pending, acts.deliver_due,
-            triggers.match_events, triggers.match_scheduled, mail.hand_over_letters]
+            triggers.match_events, triggers.match_scheduled, mail.hand_over_letters,
+            confirmations.send_confirmations]
 
 
 def build_worker(client: Client, settings: Settings, acts: DeliveryActivities | None = None) -> Worker:

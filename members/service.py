@@ -94,11 +94,14 @@ def validation_errors(exc: ValidationError) -> list[tuple[str, str]]:
 
 
 def upsert_members(*, engine: Engine, program_id: int, items: Iterable[tuple[int | None, str, MemberIn]],
-                   source: ConsentSource = ConsentSource.api) -> tuple[int, int]:
-    """Insert or update members by external id, in one transaction. Returns (created, updated)."""
+                   source: ConsentSource = ConsentSource.api, confirmations: list[int] | None = None,
+                   ) -> tuple[int, int]:
+    """Insert or update members by external id, in one transaction. Returns (created, updated). Consents
+    ``requested`` queue a double opt-in confirmation each; their count is appended to ``confirmations``."""
     items = list(items)
     if not items:
         return 0, 0
+    requested = 0
     now = utcnow()
     with session_scope(engine) as s:
         ext_ids = [ext for _, ext, _ in items]
@@ -129,9 +132,24 @@ def upsert_members(*, engine: Engine, program_id: int, items: Iterable[tuple[int
                 ledger.ConsentAct(member_id=ids[ext], channel=c.channel, topic=c.topic,
                                   action=ConsentAction(c.action), source=source,
                                   wording_version=c.wording_version)
-                for ext, m in with_consents for c in m.consents
+                for ext, m in with_consents for c in m.consents if c.action != ConsentAction.requested
             ])
+            # double opt-in asked for by the loyalty core: `requested` + a confirmation to send, per channel
+            from consent.confirmations import Proof, request_confirmation
+
+            for ext, m in with_consents:
+                by_channel: dict[str, list[tuple[str, str | None]]] = {}
+                for c in m.consents:
+                    if c.action == ConsentAction.requested:
+                        by_channel.setdefault(c.channel, []).append((c.topic, c.wording_version))
+                for channel, topics in by_channel.items():
+                    if request_confirmation(session=s, program_id=program_id, member_id=ids[ext], channel=channel,
+                                            topics=[t for t, _ in topics],
+                                            proof=Proof(source=source, wording_version=topics[0][1])) is not None:
+                        requested += 1
     created = len({e for e in ext_ids if e not in before})
+    if confirmations is not None:
+        confirmations.append(requested)
     return created, len(items) - created
 
 

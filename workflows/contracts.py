@@ -255,3 +255,25 @@ class HandOverResult:
     path: str | None                      # the PDF; its manifest is beside it (.json)
     more: bool = False                    # more letters are queued: another part follows (``part_size``)
     handed_over: int = 0                  # letters of the step (and wave) handed over so far, by anyone
+
+
+@dataclass(frozen=True)
+class SendConfirmations:
+    """A round of double opt-in confirmations: up to ``limit`` pending requests, oldest first."""
+
+    limit: int = 200
+
+
+@dataclass(frozen=True)
+class ConfirmationsSent:
+    sent: int = 0
+    in_doubt: int = 0
+    failed: int = 0
+    expired: int = 0
+    more: bool = False            # more requests are pending: go again now
+
+
+@dataclass(frozen=True)
+class ConfirmationSenderInput:
+    poll_seconds: float = 5.0
+    rounds_per_run: int = 500     # continue-as-new after this many rounds

@@ -12,6 +12,7 @@ from app import errors
 from app.api import (
     campaigns,
     channels,
+    confirm,
     events,
     inbox,
     member_rights,
@@ -60,6 +61,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, client: Clie
     app.include_router(webhooks.router)
     app.include_router(preferences.router)
     app.include_router(member_rights.router)
+    app.include_router(confirm.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

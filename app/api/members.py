@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select
 from sqlmodel import Session
@@ -64,12 +65,28 @@ def _program_id(engine: Any, key: str) -> int:
         return get_program(s, key).id or 0
 
 
+async def _wake_if(queued: list[int], request: Request) -> None:
+    """Double opt-in confirmations were queued: wake the sender (best effort; it also polls)."""
+    if sum(queued):
+        from app.confirmations import wake_confirmations
+
+        try:
+            client = await asyncio.wait_for(request.app.state.temporal(), timeout=2.0)
+            await asyncio.wait_for(wake_confirmations(client, request.app.state.settings), timeout=2.0)
+        except Exception:  # noqa: BLE001 - Temporal away: the sender's poll finds the request
+            pass
+
+
 @router.put("/{external_id}", response_model=MemberOut,
             dependencies=[Depends(require(Role.core))])
-def put_member(external_id: ExternalId, body: MemberIn, program: ProgramQ, engine: EngineDep) -> MemberOut:
-    program_id = _program_id(engine, program)
-    upsert_members(engine=engine, program_id=program_id, items=[(None, external_id, body)])
-    return get_member(external_id, program, engine)
+async def put_member(external_id: ExternalId, body: MemberIn, program: ProgramQ, engine: EngineDep,
+                     request: Request) -> MemberOut:
+    program_id = await asyncio.to_thread(_program_id, engine, program)
+    queued: list[int] = []
+    await asyncio.to_thread(lambda: upsert_members(engine=engine, program_id=program_id,
+                                                   items=[(None, external_id, body)], confirmations=queued))
+    await _wake_if(queued, request)
+    return await asyncio.to_thread(get_member, external_id, program, engine)
 
 
 @router.get("/{external_id}", response_model=MemberOut,
@@ -84,8 +101,14 @@ def get_member(external_id: ExternalId, program: ProgramQ, engine: EngineDep) ->
 
 
 @router.post("/bulk", response_model=BulkOut, dependencies=[Depends(require(Role.core))])
-def bulk_members(body: BulkIn, program: ProgramQ, engine: EngineDep) -> BulkOut:
+async def bulk_members(body: BulkIn, program: ProgramQ, engine: EngineDep, request: Request) -> BulkOut:
     """Up to 1,000 members; each bad item is reported (index, field) while the good ones are kept."""
+    result, queued = await asyncio.to_thread(_bulk, body, program, engine)
+    await _wake_if(queued, request)
+    return result
+
+
+def _bulk(body: BulkIn, program: str, engine: Any) -> tuple[BulkOut, list[int]]:
     program_id = _program_id(engine, program)
     good: dict[str, tuple[int, str, MemberIn]] = {}
     errors: list[BulkError] = []
@@ -98,8 +121,9 @@ def bulk_members(body: BulkIn, program: ProgramQ, engine: EngineDep) -> BulkOut:
                                     field=field, message=message))
             continue
         good[item.external_id] = (i, item.external_id, item)  # a BulkItem is a MemberIn
-    created, updated = upsert_members(engine=engine, program_id=program_id, items=good.values())
-    return BulkOut(created=created, updated=updated, errors=errors)
+    queued: list[int] = []
+    created, updated = upsert_members(engine=engine, program_id=program_id, items=good.values(), confirmations=queued)
+    return BulkOut(created=created, updated=updated, errors=errors), queued
 
 
 # --- devices and linked addresses -----------------------------------------------------------------

@@ -27,10 +27,11 @@ from channels.accounts import parse_account
 from channels.sms_twilio import parse_inbound, parse_status, verify_signature
 from channels.telegram import parse_update, verify_secret
 from channels.whatsapp_twilio import REVOKING_CODES
+from consent.confirmations import Proof, confirm
 from consent.keywords import apply_keyword, grant_topics
 from consent.links import redeem
 from storage.db import session_scope
-from storage.tables import ChannelAccount, ConsentSource, Member, Program, utcnow
+from storage.tables import ChannelAccount, Confirmation, ConsentSource, Member, Program, utcnow
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
@@ -127,9 +128,11 @@ async def twilio_inbound(request: Request, engine: EngineDep, settings: Settings
         if channel == "whatsapp" and members:
             s.execute(update(Member).where(Member.id.in_([m.id for m in members]))  # type: ignore[union-attr]
                       .values(whatsapp_inbound_at=now))
+        confirmed = _confirm_by_reply(s, [m.id for m in members], channel, event.text) if event.kind == "start" else 0
         for program_id, ids in by_program.items():
-            apply_keyword(session=s, program_id=program_id, member_ids=ids, channel=channel, kind=event.kind,
-                          source=ConsentSource.sms_keyword)
+            if not confirmed:
+                apply_keyword(session=s, program_id=program_id, member_ids=ids, channel=channel, kind=event.kind,
+                              source=ConsentSource.sms_keyword)
         if event.kind == "reply":
             record_reply(session=s, member_ids=[m.id for m in members], channel=channel, event_id=event.event_id,
                          now=now)
@@ -140,6 +143,17 @@ async def twilio_inbound(request: Request, engine: EngineDep, settings: Settings
     if texts is None:
         return _twiml()
     return _twiml(texts.get(lang, texts["en"]).format(program=name).lstrip(": "))
+
+
+def _confirm_by_reply(s: Session, member_ids: list[int], channel: str, text: str) -> int:
+    """YES to a double opt-in SMS confirms the member's open request (its proof: the reply itself)."""
+    if text.strip().casefold() != "yes" or not member_ids:
+        return 0
+    open_ids = s.scalars(select(Confirmation.id).where(Confirmation.member_id.in_(member_ids),  # type: ignore[attr-defined]
+                                                      Confirmation.channel == channel,
+                                                      Confirmation.status.in_(("pending", "sent", "in_doubt"))))  # type: ignore[attr-defined]
+    return sum(1 for cid in open_ids.all()
+               if confirm(session=s, confirmation_id=cid, proof=Proof(source=ConsentSource.sms_keyword)) is not None)
 
 
 @router.post("/telegram/{program_key}")

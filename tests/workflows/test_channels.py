@@ -539,3 +539,26 @@ async def test_without_the_sandbox_a_channel_with_no_account_is_not_available(wo
     with Session(engine) as s:
         assert s.scalars(select(SandboxMessage)).all() == []
     assert result.counts.sent == 1
+
+
+async def test_the_confirmation_sender_sends_a_requested_double_opt_in_when_woken(workers, engine: Engine,
+                                                                                  smtp_server: Any) -> None:
+    from members.profile import ConsentGrant, MemberIn
+    from members.service import upsert_members
+    from workflows.confirmations import ConfirmationSender
+    from workflows.contracts import ConfirmationSenderInput
+
+    program, (a,) = bulk_members(engine, 1, consent=lambda i: False)
+    upsert_members(engine=engine, program_id=program, items=[(None, "M000001", MemberIn(
+        email="m1@test.example", locale="en", consents=[ConsentGrant(channel="email", topic="news",
+                                                                     action="requested")]))])
+    async with workers(engine=engine) as rig:
+        handle = await rig.client.start_workflow(
+            ConfirmationSender.run, ConfirmationSenderInput(poll_seconds=3600), id=f"confirm-{program}-test",
+            task_queue=rig.task_queue, start_signal="wake")
+        await wait_for(lambda: smtp_server.recipients() == ["m1@test.example"], what="the confirmation email")
+        assert "Please confirm your subscription" in smtp_server.messages[0].message["Subject"]
+        await handle.signal(ConfirmationSender.wake)        # woken again: nothing pending, nothing resent
+        await asyncio.sleep(0.5)
+        assert len(smtp_server.messages) == 1
+        await handle.terminate()

@@ -1,0 +1,145 @@
+"""Double opt-in confirmations: the side effect of ``ConfirmationSender``.
+
+``send_confirmations`` takes the oldest pending requests (``consent.confirmations``), claims them
+(``sending``, committed), sends each through the program's channel (email: a sealed link to ``/c/{token}``;
+SMS: "reply YES") and records ``sent`` / ``in_doubt`` / ``failed``. Like a delivery, a request left
+``sending`` by a crash is ``in_doubt`` and never sent again (one sender runs at a time: the workflow is a
+singleton), and a transient failure leaves it pending for the next round. Requests older than the link's
+life expire. The message is a service message: it needs no marketing consent, but a channel the member
+blocked (revoked, suppressed) gets nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+from temporalio import activity
+
+from channels.base import (
+    InDoubtChannelError,
+    OutboundMessage,
+    PermanentChannelError,
+    TransientChannelError,
+)
+from channels.registry import ChannelRegistry
+from consent import ledger
+from consent.confirmations import expire_old
+from consent.policy import SERVICE_TOPIC, decide
+from consent.tokens import CONFIRM_EMAIL, CONFIRM_EMAIL_TTL_S, Signer
+from storage.db import session_scope
+from storage.tables import Confirmation, Member, Program, utcnow
+from templates.render import Renderer, TemplateProblem
+from workflows.contracts import ConfirmationsSent, SendConfirmations
+
+TEMPLATE = "confirm_subscription"
+
+
+@dataclass(frozen=True)
+class _Request:
+    id: int
+    program_id: int
+    program: dict[str, str]
+    program_locale: str
+    member_id: int
+    channel: str
+    address: str
+    locale: str | None
+    first_name: str | None
+
+
+class ConfirmationActivities:
+    def __init__(self, *, engine: Engine, registry: ChannelRegistry, renderer: Renderer, signer: Signer,
+                 base_url: str, message_id_domain: str) -> None:
+        self._engine = engine
+        self._registry = registry
+        self._renderer = renderer
+        self._signer = signer
+        self._base_url = base_url.rstrip("/")
+        self._domain = message_id_domain
+
+    def confirm_url(self, confirmation_id: int) -> str:
+        token = self._signer.sign(CONFIRM_EMAIL, {"c": confirmation_id}, ttl_s=CONFIRM_EMAIL_TTL_S)
+        return f"{self._base_url}/c/{token}"
+
+    @activity.defn(name="send_confirmations")
+    async def send_confirmations(self, inp: SendConfirmations) -> ConfirmationsSent:
+        expired, interrupted, requests, blocked = await asyncio.to_thread(self._claim, inp.limit)
+        results: dict[int, str] = {}
+        for r in requests:
+            results[r.id] = await self._send(r)
+            activity.heartbeat(len(results))
+        await asyncio.to_thread(self._record, results)
+        statuses = list(results.values())
+        return ConfirmationsSent(sent=statuses.count("sent"), in_doubt=interrupted + statuses.count("in_doubt"),
+                                 failed=statuses.count("failed") + blocked, expired=expired,
+                                 more=len(requests) + blocked >= inp.limit)
+
+    def _claim(self, limit: int) -> tuple[int, int, list[_Request], int]:
+        with session_scope(self._engine) as s:
+            expired = expire_old(session=s)
+            # one sender at a time (a singleton workflow): rows still `sending` are a crashed attempt's
+            interrupted = s.execute(update(Confirmation).where(Confirmation.status == "sending")
+                                    .values(status="in_doubt")).rowcount
+            rows = s.execute(
+                select(Confirmation.id, Confirmation.program_id, Confirmation.member_id, Confirmation.channel,
+                       Confirmation.address, Member.locale, Member.first_name, Program.key, Program.name,
+                       Program.default_locale)
+                .join(Member, Member.id == Confirmation.member_id).join(Program, Program.id == Confirmation.program_id)
+                .where(Confirmation.status == "pending").order_by(Confirmation.id).limit(limit)).all()
+            requests, blocked = [], []
+            for r in rows:
+                states = ledger.states_for(session=s, member_ids=[r.member_id], channel=r.channel).get(r.member_id, {})
+                if not r.address or not decide(states, topic=SERVICE_TOPIC, channel=r.channel).allowed:
+                    blocked.append(r.id)
+                    continue
+                requests.append(_Request(r.id, r.program_id, {"key": r.key, "name": r.name}, r.default_locale,
+                                         r.member_id, r.channel, r.address, r.locale, r.first_name))
+            if blocked:
+                s.execute(update(Confirmation).where(Confirmation.id.in_(blocked))  # type: ignore[union-attr]
+                          .values(status="failed"))
+            if requests:
+                s.execute(update(Confirmation).where(Confirmation.id.in_([r.id for r in requests]))  # type: ignore[union-attr]
+                          .values(status="sending"))
+        return expired, interrupted, requests, len(blocked)
+
+    def _message(self, r: _Request) -> OutboundMessage:
+        locale = self._renderer.resolve_locale(TEMPLATE, r.locale, r.program_locale, channel=r.channel)
+        context = {"member": {"first_name": r.first_name, "locale": r.locale}, "program": r.program,
+                   "confirm_url": self.confirm_url(r.id)}
+        if r.channel == "email":
+            m = self._renderer.render_email(TEMPLATE, locale, context)
+            return OutboundMessage(delivery_id=0, to=r.address, subject=m.subject, text=m.text, html=m.html,
+                                   message_id=f"<confirm-{r.id}@{self._domain}>", member_id=r.member_id,
+                                   program_id=r.program_id, locale=locale)
+        rendered = self._renderer.render(TEMPLATE, r.channel, locale, context)
+        return OutboundMessage(delivery_id=0, to=r.address, text=rendered.text, member_id=r.member_id,
+                               program_id=r.program_id, locale=locale)
+
+    async def _send(self, r: _Request) -> str:
+        try:
+            msg = self._message(r)
+        except TemplateProblem:
+            return "failed"
+        route = await asyncio.to_thread(self._registry.route, r.program_id, r.channel)
+        try:
+            await route.channel.send(msg)
+        except PermanentChannelError:
+            return "failed"
+        except InDoubtChannelError:
+            return "in_doubt"
+        except TransientChannelError:
+            return "pending"
+        return "sent"
+
+    def _record(self, results: dict[int, str]) -> None:
+        now = utcnow()
+        with session_scope(self._engine) as s:
+            for status in ("sent", "in_doubt", "failed", "pending"):
+                ids = [i for i, st in results.items() if st == status]
+                if ids:
+                    s.execute(update(Confirmation).where(Confirmation.id.in_(ids),  # type: ignore[union-attr]
+                                                         Confirmation.status == "sending")
+                              .values(status=status, sent_at=now if status in ("sent", "in_doubt") else None))
