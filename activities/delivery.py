@@ -374,7 +374,8 @@ class DeliveryActivities:
             claimed = await asyncio.to_thread(self._claim, ctx, rendered, now, tally)
             routes = await asyncio.to_thread(self._routes, ctx, {t.channel for t, _, _ in claimed})
             sent = await self._sender.send_all([(t, m) for t, m, _ in claimed], routes,
-                                               heartbeat=lambda: activity.heartbeat(handled), deadline=deadline)
+                                               heartbeat=lambda: activity.heartbeat(handled), deadline=deadline,
+                                               recheck=lambda ts: asyncio.to_thread(self._denied_now, ctx, ts))
             by_id = {t.delivery_id: t for t in chunk}
             for (t, _, cost), result in zip(claimed, sent, strict=True):
                 o = self._outcome(ctx, t, result, cost, now)
@@ -444,6 +445,8 @@ class DeliveryActivities:
             return replace(base, reason="provider_account")
         if so.kind == "paced":
             return replace(base, reason=Deferral.paced)
+        if so.kind == "denied":
+            return replace(base, status=DeliveryStatus.suppressed, reason=so.code)
         return self._fall_back(ctx, t, so.code, now, cost=cost, revoke_address=so.revoke_address,
                                dead_tokens=so.dead_tokens)
 
@@ -888,6 +891,18 @@ class DeliveryActivities:
                             channel=bindparam("b_channel"), sent_at=now, updated_at=utcnow()),
                     [{"b_id": t.delivery_id, "b_cost": c, "b_channel": t.channel} for t, _, c in allowed])
         return allowed
+
+    def _denied_now(self, ctx: CampaignContext, targets: list[Target]) -> dict[int, str]:
+        """Consent asked again right before a paced block goes: delivery id → why it may not (any longer)."""
+        with Session(self._engine) as s:
+            states = {c: ledger.states_for(session=s, member_ids=[t.member_id for t in targets], channel=c)
+                      for c in {t.channel for t in targets}}
+        denied = {}
+        for t in targets:
+            decision = decide(states[t.channel].get(t.member_id, {}), topic=ctx.spec.topic, channel=t.channel)
+            if not decision.allowed:
+                denied[t.delivery_id] = str(decision.reason)
+        return denied
 
     def _capped(self, s: Session, ctx: CampaignContext, member_ids: list[int], now: datetime) -> set[int]:
         """Members at a frequency cap, counted from the deliveries ledger (sending, sent, in doubt)."""

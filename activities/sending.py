@@ -9,6 +9,7 @@ outcome. Nothing here touches a delivery row: the caller records the outcomes.
                          tried again here, at most ``RATE_LIMIT_TRIES`` times, then left for a later retry
     paced                nothing sent: its rate slot comes after the page's deadline (a slow rate); left
                          planned for the next round, so a claimed message never waits past the timeout
+    denied               nothing sent: consent, asked again right before a paced block went, says no
     account              nothing sent: the provider refused our account (a configuration problem); the
                          message waits like a transient one, and the page's retry says why
     transient            nothing sent; left for a later retry of the page
@@ -20,7 +21,7 @@ UNREGISTERED come back in ``dead_tokens`` for the caller to delete.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from activities.messages import Target
@@ -79,9 +80,13 @@ class Sender:
 
     async def send_all(self, items: Sequence[tuple[Target, OutboundMessage]], routes: dict[str, Route], *,
                        heartbeat: Callable[[], None] = lambda: None,
-                       deadline: float | None = None) -> list[SendOutcome]:
+                       deadline: float | None = None,
+                       recheck: Callable[[list[Target]], Awaitable[dict[int, str]]] | None = None,
+                       ) -> list[SendOutcome]:
         """Outcomes in the order of ``items``. ``deadline`` (the limiter's clock): no rate-limited message
-        waits for a slot after it."""
+        waits for a slot after it. ``recheck``: consent asked again right before each paced block goes
+        (delivery id → the reason it may no longer go), so a member who unsubscribes while the chunk waits for
+        its rate slots gets nothing after the unsubscribe committed."""
         results: list[SendOutcome | None] = [None] * len(items)
         by_channel: dict[str, list[int]] = {}
         for i, (t, _) in enumerate(items):
@@ -108,7 +113,17 @@ class Sender:
                 heartbeat()
                 for i in part[len(slots):]:       # no slot before the deadline: not sent, left for later
                     results[i] = SendOutcome("paced")
-                await asyncio.gather(*(one(i, slot) for i, slot in zip(part, slots, strict=False)))
+                go = list(zip(part, slots, strict=False))
+                if recheck is not None and go:
+                    if slots[0] > self._limiter.now():
+                        await self._limiter.wait_for(slots[0], heartbeat)
+                    denied = await recheck([items[i][0] for i, _ in go])
+                    for i, _ in go:
+                        reason = denied.get(items[i][0].delivery_id)
+                        if reason is not None:
+                            results[i] = SendOutcome("denied", reason)
+                    go = [(i, slot) for i, slot in go if results[i] is None]
+                await asyncio.gather(*(one(i, slot) for i, slot in go))
                 if len(slots) < len(part):
                     for i in indexes[start + block:]:
                         results[i] = SendOutcome("paced")

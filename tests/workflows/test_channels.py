@@ -562,3 +562,38 @@ async def test_the_confirmation_sender_sends_a_requested_double_opt_in_when_woke
         await asyncio.sleep(0.5)
         assert len(smtp_server.messages) == 1
         await handle.terminate()
+
+
+class RevokeAfterClaim(DeliveryActivities):
+    """The last member of the first chunk unsubscribes right after the chunk was claimed (while its messages
+    wait for their rate slots)."""
+
+    revoke_member: int = 0
+
+    def _claim(self, ctx, items, now, tally):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+        claimed = super()._claim(ctx, items, now, tally)
+        if any(t.member_id == self.revoke_member for t, _, _ in claimed):
+            with session_scope(self._engine) as s:
+                ledger.record(session=s, program_id=ctx.program_id, acts=[ledger.ConsentAct(
+                    member_id=self.revoke_member, channel="sms", topic="*", action=ConsentAction.revoked,
+                    source=ConsentSource.sms_keyword)])
+        return claimed
+
+
+async def test_a_member_who_unsubscribes_while_a_paced_chunk_waits_gets_nothing_after(
+        workers, engine: Engine, twilio: FakeTwilio) -> None:
+    program, ids = bulk_members(engine, 4, consent=lambda i: False)
+    set_program_settings(engine, program, {**NO_QUIET, "unit_costs": {"sms": "0.05"}})
+    use_twilio(engine, twilio, rate_per_s=2)
+    for i, mid in enumerate(ids):
+        contacts(engine, mid, phone=f"+141555507{i:02d}", consent=("sms",))
+    RevokeAfterClaim.revoke_member = ids[-1]
+    cid = make_campaign(engine, program, channels=["sms"], template="weekend_offer")
+    async with workers(engine=engine, chunk=4, cls=RevokeAfterClaim) as rig:
+        result = await rig.finish(await rig.start(cid, page_size=4, concurrency=1))
+    rows = by_member(deliveries(engine, cid))
+    assert (rows[ids[-1]].status, rows[ids[-1]].reason, rows[ids[-1]].cost) == ("suppressed", "revoked", None)
+    assert sorted(form_to(twilio)) == [f"+141555507{i:02d}" for i in range(3)]
+    from tests.workflows.conftest import campaign_row
+    assert campaign_row(engine, cid).budget_spent == sum(r.cost for r in rows.values() if r.cost)
+    assert result.counts.sent == 3 and result.counts.suppressed == 1
