@@ -20,6 +20,7 @@ from app.api import (
     pos,
     preferences,
     programs,
+    suppressions,
     unsubscribe,
     webhooks,
 )
@@ -62,6 +63,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, client: Clie
     app.include_router(preferences.router)
     app.include_router(member_rights.router)
     app.include_router(confirm.router)
+    app.include_router(suppressions.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -107,3 +107,39 @@ def test_paper_and_own_account_channels_are_opt_out(channel):
 @pytest.mark.parametrize("channel", ["email", "sms", "whatsapp", "telegram", "push"])
 def test_network_channels_need_prior_opt_in(channel):
     assert decide({}, topic="promotions", channel=channel) == Decision(False, SuppressReason.no_consent)
+
+
+# --- the whole table: topic kind × channel × state of the channel × state of the topic ----------------
+
+CHANNELS_OPT_IN = ("email", "sms", "whatsapp", "telegram", "push")
+CHANNELS_OPT_OUT = ("receipt", "inbox", "direct_mail")
+WIDE = (None, "granted", "confirmed", "revoked", "suppressed")
+TOPIC = (None, "granted", "confirmed", "requested", "revoked", "suppressed")
+
+
+def expected(channel: str, topic: str, wide: str | None, state: str | None) -> str | None:
+    """The rules as the README states them; None = allowed, else the reason."""
+    if wide == "suppressed":
+        return "suppressed"          # a dead address or a complaint blocks everything, service too
+    if wide == "revoked":
+        return "revoked"             # STOP / unsubscribe from everything on the channel
+    if topic == "service":
+        return None                  # service messages need no marketing consent
+    if state in ("granted", "confirmed"):
+        return None
+    if state in ("revoked", "suppressed"):
+        return state
+    if state == "requested":
+        return "unconfirmed"         # double opt-in not confirmed yet
+    return None if channel in CHANNELS_OPT_OUT else "no_consent"
+
+
+@pytest.mark.parametrize("channel", CHANNELS_OPT_IN + CHANNELS_OPT_OUT)
+@pytest.mark.parametrize("topic", ["promotions", SERVICE_TOPIC])
+def test_policy_table(channel, topic):
+    for wide in WIDE:
+        for state in TOPIC:
+            states = {k: v for k, v in ((CHANNEL_WIDE, wide), (topic, state)) if v is not None}
+            d = decide(states, topic=topic, channel=channel)
+            want = expected(channel, topic, wide, state)
+            assert (d.allowed, d.reason) == (want is None, want), (channel, topic, wide, state)
