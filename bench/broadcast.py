@@ -465,7 +465,8 @@ def prebuilt_messages(settings: Settings, variants: int = 64) -> list[tuple[str,
             "member": {**m.attributes, "first_name": m.first_name, "last_name": m.last_name,
                        "kind": str(m.kind), "locale": m.locale},
             "program": {"key": PROGRAM, "name": "Bench Shop", "currency": "RUB"},
-            "campaign": {"key": "bench-raw", "name": "Bench broadcast"}, "unsubscribe_url": url})
+            "campaign": {"key": "bench-raw", "name": "Bench broadcast"}, "unsubscribe_url": url,
+            "preferences_url": f"{settings.base_url}/p/{token}"})
         msg = OutboundMessage(
             delivery_id=delivery_id, to=m.email or "", subject=rendered.subject, text=rendered.text,
             html=rendered.html, message_id=f"<d{delivery_id}.c1@{mailto_domain}>",

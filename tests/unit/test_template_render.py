@@ -115,6 +115,7 @@ def context(**member) -> dict:
         "member": {"first_name": None, "tier": None, **member},
         "program": {"name": "A & B"},
         "unsubscribe_url": "https://clarion.example/u?t=abc&m=1",
+        "preferences_url": "https://clarion.example/p/xyz",
     }
 
 
@@ -365,7 +366,8 @@ def test_unknown_locale_is_refused(value):
 
 # --- the other channels ----------------------------------------------------------------------------
 
-SHIPPED_CONTEXT = {"member": {"first_name": "Анна"}, "program": {"name": "A & <B>"}, "unsubscribe_url": "u"}
+SHIPPED_CONTEXT = {"member": {"first_name": "Анна"}, "program": {"name": "A & <B>"}, "unsubscribe_url": "u",
+                   "preferences_url": "p"}
 
 
 def test_shipped_omnichannel_template_has_a_body_for_every_channel(shipped):
