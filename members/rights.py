@@ -33,9 +33,9 @@ Erasure keeps what the figures are made of and removes what identifies the perso
   them once nothing is sent, and a rare pair narrows a small program to a few people; each delivery keeps
   the locale it was sent in, which the by-locale figures are made of. ``kind`` stays (two values).
 - deleted: cards, push tokens, member links, the sandbox's recorded requests for the member's deliveries
-  (and unfiled ones that name one of the member's addresses).
+  (and unfiled ones, such as double opt-in confirmations, that name one of the member's addresses).
 - kept, scrubbed: consent ledger rows (proof that consent existed and was withdrawn) without ip and user
-  agent; confirmations without the address (pending ones expire); stored messages (receipt, inbox, letters)
+  agent; confirmations without the address (unconfirmed ones expire: their link confirms nothing); stored messages (receipt, inbox, letters)
   without title, body, link, coupon, address, till and receipt number (pending ones expire); event payloads
   down to ``amount`` and ``currency`` (revenue and conversions; store, items and receipt numbers are a trail
   of where and what the person bought); provider message ids that embed an address (Telegram's
@@ -98,6 +98,7 @@ PSEUDONYM_PREFIX = "erased-"
 KEPT_PAYLOAD_KEYS = ("amount", "currency")     # what revenue and conversion figures read from an event
 ERASED = "erased"
 _OPEN_STORED = ("pending", "reserved")         # a stored message that could still reach the member
+_OPEN_CONFIRMATIONS = ("pending", "sending", "sent", "in_doubt")   # a double opt-in that could still be confirmed
 
 
 class MemberNotFound(LookupError):
@@ -319,13 +320,13 @@ def _addresses(session: Session, member: Member) -> list[str]:
 
 
 def _sandbox_rows(program_id: int, member: Member, addresses: list[str]) -> Any:
-    """The sandbox's recorded requests of the member: filed under their deliveries, or unfiled (a
-    confirmation, a bot's answer) and naming one of their addresses."""
+    """The sandbox's recorded requests of the member: filed under their deliveries, or unfiled (delivery id
+    none or 0: a double opt-in confirmation, a bot's answer) and naming one of their addresses."""
     deliveries = select(Delivery.id).where(Delivery.member_id == member.id)
     mine = SandboxMessage.delivery_id.in_(deliveries)  # type: ignore[union-attr]
     if not addresses:
         return mine
-    unfiled = [SandboxMessage.delivery_id.is_(None),  # type: ignore[union-attr]
+    unfiled = [or_(SandboxMessage.delivery_id.is_(None), SandboxMessage.delivery_id == 0),  # type: ignore[union-attr]
                or_(SandboxMessage.program_id == program_id, SandboxMessage.program_id.is_(None)),  # type: ignore[union-attr]
                or_(*(c.contains(a, autoescape=True) for a in addresses  # type: ignore[attr-defined]
                      for c in (SandboxMessage.body, SandboxMessage.url)))]
@@ -444,7 +445,8 @@ def erase_member(*, engine: Engine, program: str, external_id: str, now: datetim
         for table in (PushToken, Card, MemberLink):
             s.execute(delete(table).where(table.member_id == mid))  # type: ignore[attr-defined]
 
-        s.execute(update(Confirmation).where(Confirmation.member_id == mid, Confirmation.status == "pending")
+        s.execute(update(Confirmation).where(Confirmation.member_id == mid,   # its link can never be used now
+                                             Confirmation.status.in_(_OPEN_CONFIRMATIONS))  # type: ignore[attr-defined]
                   .values(status="expired"))
         s.execute(update(Confirmation).where(Confirmation.member_id == mid,
                                              Confirmation.address.is_not(None))  # type: ignore[union-attr]

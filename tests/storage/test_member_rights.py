@@ -25,10 +25,15 @@ from sqlmodel.sql.sqltypes import AutoString
 
 from analytics.report import campaign_report
 from analytics.tracking import apply_status
-from channels.base import OutboundMessage, RecordedRequest, StatusEvent
+from channels.base import (
+    OutboundMessage,
+    RecordedRequest,
+    StatusEvent,
+    current_delivery,
+)
 from channels.registry import ChannelRegistry, SandboxOutbox
 from consent import ledger
-from consent.confirmations import Proof, request_confirmation
+from consent.confirmations import Proof, confirm, request_confirmation
 from consent.links import create_link
 from consent.policy import decide
 from members.events import ingest_events
@@ -38,6 +43,7 @@ from members.service import upsert_members
 from storage.db import make_engine, session_scope
 from storage.tables import (
     ChannelName,
+    Confirmation,
     ConsentAction,
     ConsentRecord,
     ConsentSource,
@@ -147,11 +153,13 @@ async def world(any_db_url: str):
     assert result.accepted == 1
     campaign_id = make_campaign(engine, program_id)
     await _send(engine, program_id, campaign_id, mid)
-    outbox = SandboxOutbox(engine, program_id)   # requests filed under no delivery (a confirmation by SMS)
-    for to in ("%2B79123456789", "m1%40test.example"):
+    outbox = SandboxOutbox(engine, program_id)   # requests of no delivery: the confirmation sender files them
+    for to, filed in (("%2B79123456789", 0), ("m1%40test.example", None)):   # under 0, others under none
+        token = current_delivery.set(filed)
         outbox.record(RecordedRequest(channel="sms", provider="twilio", method="POST",
                                       url="https://api.twilio.com/2010-04-01/Messages.json", headers={},
                                       body=f"To={to}&Body=Confirm+your+number"))
+        current_delivery.reset(token)
     with session_scope(engine) as s:   # another member's delivery in the same campaign
         s.add(Delivery(campaign_id=campaign_id, member_id=oid, status="delivered", channel="email", locale="en",
                        cost=Decimal("0.0010"), provider_message_id="<d9.c1@clarion.test>"))
@@ -211,8 +219,8 @@ def test_export_holds_the_profile_consent_proofs_events_deliveries_and_messages(
     assert by_channel["inbox"]["responses"][0]["value"] == "1250.5000"
     assert all(d["campaign"] == "spring" for d in x["deliveries"])
     assert {s["channel"] for s in x["stored_messages"]} == {"inbox", "direct_mail"}
-    assert sorted((r["channel"], r["delivery_id"] is None) for r in x["sandbox_requests"]) == [
-        ("push", False), ("sms", False), ("sms", True), ("telegram", False)]
+    assert sorted((r["channel"], bool(r["delivery_id"])) for r in x["sandbox_requests"]) == [
+        ("push", True), ("sms", False), ("sms", True), ("telegram", True)]
     assert "9123456789" in next(r for r in x["sandbox_requests"] if r["channel"] == "sms")["body"]
     other = export_member(engine=world.engine, program="shop", external_id="M000001")
     assert other.deliveries[0].provider_message_id == "<d9.c1@clarion.test>"
@@ -276,7 +284,11 @@ def test_erasure_keeps_the_de_identified_facts_and_says_when(world):
 
 
 def test_erased_member_is_never_sent_anything_again(world):
+    with session_scope(world.engine) as s:      # the double opt-in message went out before the erasure
+        s.execute(update(Confirmation).values(status="sent"))
     erase_member(engine=world.engine, program="shop", external_id="A1")
+    with session_scope(world.engine) as s:      # its link, used afterwards, confirms nothing
+        assert confirm(session=s, confirmation_id=s.scalar(select(Confirmation.id)), proof=Proof()) is None
     with Session(world.engine) as s:
         revoked = s.execute(select(ConsentRecord.channel, ConsentRecord.topic, ConsentRecord.source).where(
             ConsentRecord.member_id == world.member_id, ConsentRecord.action == "revoked")).all()
