@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from campaigns.spec import SpecError
+from members.rights import MemberNotFound
 from members.service import ProgramNotFound
 
 if TYPE_CHECKING:  # the CLI imports this module too: FastAPI only when an app is built
@@ -58,6 +59,8 @@ def as_clarion_error(exc: Exception) -> ClarionError:
         return Invalid(exc.problems)
     if isinstance(exc, ProgramNotFound):
         return NotFound(str(exc), field="program")
+    if isinstance(exc, MemberNotFound):
+        return NotFound(str(exc), field="external_id")
     if isinstance(exc, TemporalUnavailable):
         return Unavailable(str(exc))
     raise exc
@@ -88,6 +91,6 @@ def install(app: FastAPI) -> None:
             problems.append((".".join(loc) or "body", str(e["msg"]).removeprefix("Value error, ")))
         return JSONResponse(_body(Invalid(problems)), status_code=422)
 
-    for cls in (ClarionError, SpecError, ProgramNotFound, TemporalUnavailable):
+    for cls in (ClarionError, SpecError, ProgramNotFound, MemberNotFound, TemporalUnavailable):
         app.add_exception_handler(cls, clarion_handler)
     app.add_exception_handler(RequestValidationError, validation_handler)

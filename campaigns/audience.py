@@ -85,7 +85,8 @@ def audience_clause(program_id: int, audience: Audience, *, now: datetime | None
     at = _utc(now)
     if not isinstance(audience, Audience):  # an audience model from elsewhere (the older spec's): same fields
         audience = Audience.model_validate(audience.model_dump(mode="json"))
-    parts: list[ColumnElement[bool]] = [M.program_id == program_id]
+    # an erased member (member rights) is nobody's audience any more
+    parts: list[ColumnElement[bool]] = [M.program_id == program_id, M.erased_at.is_(None)]
     if audience.exclude:
         parts.append(M.external_id.not_in(audience.exclude))
     chosen: ColumnElement[bool] | None = None

@@ -345,3 +345,18 @@ def test_nothing_personal_is_logged(world, caplog):
     assert "erased" in logged and str(world.member_id) in logged
     assert not [n for n in NEEDLES.values() if n.lower() in logged]
     assert "'a1'" not in logged and done.external_id.lower() not in logged
+
+
+def test_an_erased_member_is_in_no_audience_any_more(world):
+    from campaigns.audience import audience_clause
+    from campaigns.segments import Audience
+    from storage.tables import Member
+
+    def everyone() -> set[str]:
+        with Session(world.engine) as s:
+            return set(s.scalars(select(Member.external_id).where(
+                audience_clause(1, Audience.model_validate({"all": True})))))
+
+    assert "A1" in everyone()
+    erase_member(engine=world.engine, program="shop", external_id="A1")
+    assert not any(e == "A1" or e.startswith("erased-") for e in everyone())
