@@ -1,14 +1,27 @@
-"""The consent ledger: append a record and derive the current state in the same transaction."""
+"""The consent ledger: append a record and derive the current state in the same transaction.
+
+Each act happened at a time: now for the acts Clarion sees live, the original date for history brought in
+from another system (consent.importer). The current state of a (member, channel, topic) is the act LATEST IN
+TIME, ties going to the act recorded last (the higher ledger id). An act older than the current state is
+still appended (it is history, and the proof of what the member did) but leaves the state as it is: importing
+an old ``granted`` after a newer ``revoked`` keeps ``revoked``, an old ``revoked`` under a newer ``granted``
+keeps ``granted``, and history gives the same state in whatever order it arrives. A live act is stamped with
+the clock when it is recorded, so it follows every imported one (the import refuses dates in the future).
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
+from sqlalchemy import and_, insert, or_
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
-from storage.db import upsert
+from storage.db import dialect_insert
 from storage.tables import ConsentAction, ConsentRecord, ConsentSource, ConsentState, utcnow
 
 
@@ -24,31 +37,76 @@ class ConsentAct:
     ip: str | None = None
     user_agent: str | None = None
     campaign_id: int | None = None
+    at: datetime | None = None   # when the member acted (timezone-aware); None = now
 
 
 def record(*, session: Session, program_id: int, acts: Iterable[ConsentAct]) -> list[ConsentRecord]:
-    """Append each act to the ledger and update the current state. The caller commits."""
-    rows: list[ConsentRecord] = []
-    for act in acts:
-        row = ConsentRecord(
-            program_id=program_id, member_id=act.member_id, channel=str(act.channel),
-            topic=act.topic, action=str(act.action), source=str(act.source),
-            wording_version=act.wording_version, text_hash=act.text_hash, ip=act.ip, user_agent=act.user_agent,
-            campaign_id=act.campaign_id, at=utcnow(),
-        )
-        session.add(row)
-        rows.append(row)
-    if not rows:
-        return rows
-    session.flush()  # ids for the state rows
-    stmt = upsert(session, ConsentState.__table__, ["member_id", "channel", "topic"],
-                  ["status", "record_id", "updated_at", "program_id"])
-    session.execute(stmt, [
-        {"member_id": r.member_id, "channel": r.channel, "topic": r.topic, "program_id": program_id,
-         "status": r.action, "record_id": r.id, "updated_at": r.at}
-        for r in rows
-    ])
+    """Append each act to the ledger and update the current state where the act is the latest in time for its
+    (member, channel, topic) — ties to the one recorded last (see the module docstring). The caller commits."""
+    params = _params(program_id, acts)
+    if not params:
+        return []
+    session.flush()  # what the caller added first (a new member) is in the database before its acts
+    # INSERT ... RETURNING loads the ORM objects without running each one's constructor
+    rows = list(session.scalars(
+        insert(ConsentRecord).returning(ConsentRecord, sort_by_parameter_order=True), params))
+    for r, p in zip(rows, params, strict=True):
+        set_committed_value(r, "at", p["at"])   # aware, as given (SQLite hands times back without a zone)
+    _derive_state(session, ((r.id or 0, r.member_id, r.channel, r.topic, r.at) for r in rows))
     return rows
+
+
+def append(*, session: Session, program_id: int, acts: Iterable[ConsentAct]) -> int:
+    """``record`` for bulk callers that need no rows back (the consent import): the same ledger rows and the
+    same state, without building an ORM object per row. Returns how many rows were appended. The caller commits."""
+    params = _params(program_id, acts)
+    if not params:
+        return 0
+    session.flush()
+    c = ConsentRecord.__table__.c  # type: ignore[attr-defined]
+    # RETURNING in any order: asking for the parameters' order makes SQLAlchemy insert one row at a time on SQLite
+    rows = session.execute(insert(ConsentRecord.__table__).returning(c.id, c.member_id, c.channel, c.topic, c.at),
+                           params).all()
+    _derive_state(session, rows)
+    return len(rows)
+
+
+def _params(program_id: int, acts: Iterable[ConsentAct]) -> list[dict[str, Any]]:
+    now = utcnow()
+    params: list[dict[str, Any]] = []
+    for act in acts:
+        if act.at is not None and act.at.tzinfo is None:
+            raise ValueError("ConsentAct.at must carry a time zone")
+        params.append({
+            "program_id": program_id, "member_id": act.member_id, "channel": str(act.channel), "topic": act.topic,
+            "action": str(act.action), "source": str(act.source), "wording_version": act.wording_version,
+            "text_hash": act.text_hash, "ip": act.ip, "user_agent": act.user_agent, "campaign_id": act.campaign_id,
+            "at": now if act.at is None else act.at.astimezone(UTC)})
+    return params
+
+
+def _derive_state(session: Session, rows: Iterable[tuple[int, int, str, str, datetime]]) -> None:
+    """Point each (member, channel, topic) at its latest act among the new ``rows`` (id, member, channel, topic,
+    at) — unless the act the state follows already is later (at the same time: the higher id, the one recorded
+    later, wins). One INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE for the lot."""
+    latest: dict[tuple[int, str, str], tuple[datetime, int]] = {}
+    for record_id, member_id, channel, topic, at in rows:
+        key = (member_id, channel, topic)
+        if key not in latest or (at, record_id) > latest[key]:
+            latest[key] = (at, record_id)
+    if not latest:
+        return
+    table, rec = ConsentState.__table__, ConsentRecord.__table__.c  # type: ignore[attr-defined]
+    stmt = dialect_insert(session, table).from_select(
+        ["member_id", "channel", "topic", "program_id", "status", "record_id", "updated_at"],
+        select(rec.member_id, rec.channel, rec.topic, rec.program_id, rec.action, rec.id, rec.at)
+        .where(rec.id.in_([record_id for _, record_id in latest.values()])))
+    new, current = stmt.excluded, table.c  # type: ignore[attr-defined]
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=["member_id", "channel", "topic"],
+        set_={c: new[c] for c in ("status", "record_id", "updated_at", "program_id")},
+        where=or_(new.updated_at > current.updated_at,
+                  and_(new.updated_at == current.updated_at, new.record_id > current.record_id))))
 
 
 def states_for(*, session: Session, member_ids: list[int], channel: str) -> dict[int, dict[str, str]]:
@@ -66,6 +124,8 @@ def states_for(*, session: Session, member_ids: list[int], channel: str) -> dict
 
 
 def history(*, session: Session, member_id: int) -> list[ConsentRecord]:
+    """The member's ledger in the order the acts happened (then the order they were recorded)."""
     return list(session.exec(
-        select(ConsentRecord).where(ConsentRecord.member_id == member_id).order_by(ConsentRecord.id)  # type: ignore[arg-type]
+        select(ConsentRecord).where(ConsentRecord.member_id == member_id)
+        .order_by(ConsentRecord.at, ConsentRecord.id)  # type: ignore[arg-type]
     ))
