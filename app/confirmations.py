@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
@@ -27,3 +29,12 @@ async def wake_confirmations(client: Client, settings: Settings) -> bool:
         log.warning("could not wake the confirmation sender: %s", exc.message)
         return False
     return True
+
+
+async def wake_soon(app_state: Any) -> None:
+    """From a request that queued a confirmation: wake the sender within 2 s or leave it to its poll."""
+    try:
+        client = await asyncio.wait_for(app_state.temporal(), timeout=2.0)
+        await asyncio.wait_for(wake_confirmations(client, app_state.settings), timeout=2.0)
+    except Exception:  # noqa: BLE001 - Temporal away: nothing is lost, the sender polls
+        log.info("confirmation sender not woken (Temporal unavailable); its next poll sends the request")

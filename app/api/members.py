@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from app.api.deps import EngineDep, require
+from app.confirmations import wake_soon
 from app.errors import Invalid, NotFound
 from channels.accounts import parse_account
 from channels.telegram import deep_link
@@ -68,13 +69,7 @@ def _program_id(engine: Any, key: str) -> int:
 async def _wake_if(queued: list[int], request: Request) -> None:
     """Double opt-in confirmations were queued: wake the sender (best effort; it also polls)."""
     if sum(queued):
-        from app.confirmations import wake_confirmations
-
-        try:
-            client = await asyncio.wait_for(request.app.state.temporal(), timeout=2.0)
-            await asyncio.wait_for(wake_confirmations(client, request.app.state.settings), timeout=2.0)
-        except Exception:  # noqa: BLE001 - Temporal away: the sender's poll finds the request
-            pass
+        await wake_soon(request.app.state)
 
 
 @router.put("/{external_id}", response_model=MemberOut,

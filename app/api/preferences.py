@@ -25,6 +25,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import EngineDep, SignerDep
+from app.confirmations import wake_soon
 from app.pages import CONTENT_SECURITY_POLICY, render_not_found, render_preferences
 from channels.telegram import deep_link
 from consent import preferences
@@ -88,7 +89,10 @@ async def act(token: str, request: Request, engine: EngineDep, signer: SignerDep
     proof = Proof(source=ConsentSource.web, ip=request.client.host if request.client else None,
                   user_agent=(request.headers.get("user-agent") or "")[:512] or None,
                   wording_version=form.get("wording_version") or None, text_hash=form.get("text_hash") or None)
-    return await run_in_threadpool(_act, engine, member_id, form, proof, request.url.path)
+    response = await run_in_threadpool(_act, engine, member_id, form, proof, request.url.path)
+    if "confirm=" in (response.headers.get("location") or ""):   # a double opt-in confirmation was queued
+        await wake_soon(request.app.state)
+    return response
 
 
 def _act(engine: Engine, member_id: int, form: dict[str, str], proof: Proof, path: str) -> Response:
