@@ -143,6 +143,8 @@ async def run_demo(settings: Settings, *, members: int = 1200, console: Console 
             cid = s.scalar(select(Campaign.id).where(Campaign.key == spec.key))
         print_report(campaign_report(engine, cid or 0), console)
         await omnichannel_demo(settings, engine, stack.client, console)
+        console.print(f"preference center of member DEMO-000001 (open it while `clarion up` runs): "
+                      f"{preference_link(settings, engine, 'DEMO-000001')}")
         await triggered_demo(settings, engine, stack.client, console)
         console.print(f"mailbox {settings.maildir}: {len(list_mail(settings.maildir))} messages "
                       "(list them with `clarion mailbox`)")
@@ -182,6 +184,16 @@ async def omnichannel_demo(settings: Settings, engine: Engine, client: Client, c
                   " (tills: GET /api/v1/pos/receipt-messages; app: GET /api/v1/members/{id}/inbox)")
     for pdf in sorted((settings.var_dir / "direct_mail").glob(f"{spec.program}/{spec.key}/*.pdf")):
         console.print(f"direct mail print batch: {pdf} (`clarion direct-mail batches {spec.program} {spec.key}`)")
+
+
+def preference_link(settings: Settings, engine: Engine, external_id: str) -> str:
+    from activities.messages import MessageBuilder
+    from app.worker import signer
+
+    with Session(engine) as s:
+        member_id = s.scalar(select(Member.id).where(Member.external_id == external_id)) or 0
+    return MessageBuilder(renderer=Renderer(), signer=signer(settings), base_url=settings.base_url,
+                          unsubscribe_mailto=settings.unsubscribe_mailto).preferences_url(member_id)
 
 
 def demo_purchases(n: int, members: int, seed: int = 7) -> list[dict]:
