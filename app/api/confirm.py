@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
 from app.api.deps import EngineDep, SignerDep
+from app.api.small_page import small_page
 from campaigns.rules import localized, program_rules
 from consent.confirmations import Proof, confirm
 from consent.tokens import CONFIRM_EMAIL, BadToken
@@ -29,21 +30,8 @@ TEXT = {
            "button": "Подтвердить", "done": "Спасибо: подписка на {program} подтверждена.",
            "bad": "Ссылка недействительна или устарела."},
 }
-HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex",
-           "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-                                      "frame-ancestors 'none'",
-           "X-Content-Type-Options": "nosniff"}
-
-
 def _page(lang: str, body: str, status: int = 200) -> HTMLResponse:
-    t = TEXT.get(lang, TEXT["en"])
-    return HTMLResponse(
-        f'<!doctype html><html lang="{escape(lang)}"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<title>{escape(t["title"])}</title><style>body{{font-family:system-ui,sans-serif;max-width:32rem;'
-        'margin:3rem auto;padding:0 1rem;line-height:1.5}button{font-size:1.1rem;padding:.6rem 1.2rem}'
-        f'.wording{{color:#555;font-size:.9rem}}</style></head><body><main>{body}</main></body></html>',
-        status_code=status, headers=HEADERS)
+    return small_page(lang, TEXT.get(lang, TEXT["en"])["title"], body, status)
 
 
 def _find(engine, signer, token: str) -> tuple[Confirmation, Program, Member] | None:  # noqa: ANN001

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from app.api.deps import EngineDep, SignerDep
+from app.api.small_page import small_page
 from consent import ledger
 from consent.tokens import UNSUBSCRIBE, BadToken
 from storage.db import insert_ignore, session_scope
@@ -41,16 +42,7 @@ TEXT = {
 
 
 def _page(lang: str, body: str, status: int = 200) -> HTMLResponse:
-    t = TEXT.get(lang, TEXT["en"])
-    html = (f'<!doctype html><html lang="{escape(lang)}"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>{escape(t["title"])}</title>'
-            '<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem}'
-            'button{font-size:1.1rem;padding:.6rem 1.2rem}</style></head>'
-            f"<body><main>{body}</main></body></html>")
-    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store",
-                                                           "Referrer-Policy": "no-referrer",
-                                                           "X-Robots-Tag": "noindex"})
+    return small_page(lang, TEXT.get(lang, TEXT["en"])["title"], body, status)
 
 
 def _lookup(engine, signer, token: str) -> tuple[Delivery, Campaign, Program] | None:
