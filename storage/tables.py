@@ -11,7 +11,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Float, Index, Numeric, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Float, Index, LargeBinary, Numeric, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -263,6 +263,9 @@ class Campaign(SQLModel, table=True):
     budget_spent: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(14, 4), nullable=False))
     version: int = Field(default=1)
     workflow_id: str | None = Field(default=None, max_length=200)
+    # the template versions the campaign launched with: {name: version} (rendered as they were then)
+    template_versions: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True),
+                                                                                  nullable=True))
     created_at: datetime = _ts(default_factory=utcnow)
     started_at: datetime | None = _ts(default=None)
     finished_at: datetime | None = _ts(default=None)
@@ -378,6 +381,51 @@ class SandboxMessage(SQLModel, table=True):
     headers: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     body: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = _ts(default_factory=utcnow)
+
+
+class TemplateVersion(SQLModel, table=True):
+    """An immutable version of a template: its text files (``template.yaml``, bodies, shared partials)."""
+
+    __tablename__ = "template_version"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_template_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    version: int
+    files: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    source: str = Field(max_length=16)          # pinned (a library version a campaign launched with) | import
+    note: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _ts(default_factory=utcnow)
+
+
+class TemplateAsset(SQLModel, table=True):
+    """An image of an imported template version, served at /assets/{name}/{version}/{path}."""
+
+    __tablename__ = "template_asset"
+    __table_args__ = (UniqueConstraint("name", "version", "path", name="uq_template_asset"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    version: int
+    path: str = Field(max_length=255)
+    media_type: str = Field(max_length=64)
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class CouponCode(SQLModel, table=True):
+    """A unique code of a program's pool, given to one member once (``{{ coupon }}`` in a template)."""
+
+    __tablename__ = "coupon_code"
+    __table_args__ = (UniqueConstraint("program_id", "pool", "code", name="uq_coupon_code"),
+                      UniqueConstraint("program_id", "pool", "member_id", name="uq_coupon_member"),
+                      Index("ix_coupon_free", "program_id", "pool", "member_id"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: int = Field(foreign_key="program.id")
+    pool: str = Field(max_length=64)
+    code: str = Field(max_length=64)
+    member_id: int | None = Field(default=None, foreign_key="member.id")
+    assigned_at: datetime | None = _ts(default=None)
 
 
 class EarlyStatus(SQLModel, table=True):

@@ -1,7 +1,10 @@
-"""Rendering: MJML compiled once per (template, locale, version), sandboxed Jinja per member.
+"""Rendering: MJML compiled once per (template, version, locale), sandboxed Jinja per member.
 
-Library layout: ``templates/library/<name>/template.yaml`` (default locale, version, subject per
-locale) and ``email.<locale>.mjml`` + ``email.<locale>.txt`` beside it; the other channels have one body
+Templates come from ``templates.store`` by version (the library on disk; versions pinned at launch or
+imported, in the database). Layout of a version: ``template.yaml`` (default locale, version, subject and
+preheader per locale) and ``email.<locale>.mjml`` + ``email.<locale>.txt``; shared layouts and partials
+under ``_shared/`` are pulled in with ``<mj-include path="_shared/..."/>`` (MJML, expanded before
+compiling) or ``{% include "_shared/..." %}`` (Jinja, text bodies); the other channels have one body
 file per locale beside them (``CHANNEL_FILES``): ``sms.ru.txt``, ``telegram.ru.html`` (Telegram's HTML
 subset), ``push.ru.txt``, ``whatsapp.ru.txt``, ``inbox.ru.txt``, ``receipt.ru.txt``,
 ``direct_mail.ru.html`` (the letter body). ``template.yaml`` may also give, per locale where it is text:
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +30,11 @@ from typing import Any
 import mjml
 import yaml
 from babel import Locale, UnknownLocaleError
-from babel.numbers import format_currency, format_decimal
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError
+from jinja2 import DictLoader, StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
-LIBRARY = Path(__file__).with_name("library")
+from templates.helpers import install_helpers
+from templates.store import LIBRARY, TemplateNotFound, TemplateStore, Version
 
 _JINJA = re.compile(r"{{.*?}}|{%.*?%}|{#.*?#}", re.DOTALL)
 _ENDING = re.compile(r"<(mj-text|mj-button|mj-raw|mj-table|mj-navbar-link|mj-accordion-text|"
@@ -59,6 +63,7 @@ class RenderedEmail:
     html: str
     text: str
     locale: str
+    preheader: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,18 +123,42 @@ def compile_mjml(source: str, *, where: str = "template") -> str:
     return html
 
 
-def _money(value: Any, currency: str, locale: str) -> str:
-    return format_currency(value, currency, locale=locale.replace("-", "_"))
+MAX_INCLUDE_DEPTH = 8
+_MJ_INCLUDE = re.compile(r"""<mj-include\s+path\s*=\s*["']([^"']+)["']\s*/?>(?:\s*</mj-include>)?""")
+_MJ_HEAD = re.compile(r"<mj-head\b[^>]*>")
 
 
-def _number(value: Any, locale: str) -> str:
-    return format_decimal(value, locale=locale.replace("-", "_"))
+def expand_includes(source: str, files: Mapping[str, str], *, where: str, depth: int = 0) -> str:
+    """``<mj-include path="_shared/partials/footer.mjml"/>`` replaced by that file of the same template
+    version (shared layouts and partials), before MJML compiles the whole. Paths are keys of ``files``:
+    nothing outside the version can be read."""
+    if depth > MAX_INCLUDE_DEPTH:
+        raise TemplateProblem(f"{where}: mj-include nested more than {MAX_INCLUDE_DEPTH} deep")
+
+    def one(m: re.Match[str]) -> str:
+        path = m.group(1).strip().lstrip("./")
+        if path not in files:
+            raise TemplateProblem(f"{where}: mj-include of {m.group(1)!r}: no such file in the template")
+        return expand_includes(files[path], files, where=where, depth=depth + 1)
+
+    return _MJ_INCLUDE.sub(one, source)
 
 
-def _environment(autoescape: bool) -> SandboxedEnvironment:
-    env = SandboxedEnvironment(autoescape=autoescape, undefined=StrictUndefined,
-                               trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(money=_money, number=_number)
+def with_preheader(source: str) -> str:
+    """An MJML document without an ``<mj-preview>`` gets one holding ``{{ preheader }}``."""
+    if "<mj-preview" in source:
+        return source
+    tag = "<mj-preview>{{ preheader }}</mj-preview>"
+    head = _MJ_HEAD.search(source)
+    if head:
+        return source[:head.end()] + tag + source[head.end():]
+    return re.sub(r"(<mjml\b[^>]*>)", r"\1<mj-head>" + tag + "</mj-head>", source, count=1)
+
+
+def _environment(autoescape: bool, files: Mapping[str, str] | None = None) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(autoescape=autoescape, undefined=StrictUndefined, trim_blocks=True,
+                               lstrip_blocks=True, loader=DictLoader(dict(files or {})))
+    install_helpers(env)
     return env
 
 
@@ -138,46 +167,81 @@ class _Compiled:
     subject: Any
     html: Any
     text: Any
+    preheader: Any
     locale: str
 
 
+@dataclass
+class _Loaded:
+    """A template version, parsed once: its meta, its locales per channel, its Jinja environments."""
+
+    version: Version
+    meta: dict[str, Any]
+    html_env: SandboxedEnvironment
+    text_env: SandboxedEnvironment
+
+
 class Renderer:
-    """Finds, compiles (once) and renders templates of a library folder. Thread-safe."""
+    """Finds, compiles (once per template, version and locale) and renders templates. Thread-safe.
 
-    def __init__(self, library: Path = LIBRARY) -> None:
-        self._library = library
-        self._html_env = _environment(autoescape=True)
-        self._text_env = _environment(autoescape=False)
-        self._cache: dict[tuple[str, str, int], _Compiled] = {}
-        self._channel_cache: dict[tuple[str, str, str, int], dict[str, Any]] = {}
-        self._meta: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
+    Every method takes an optional ``version``: None is the newest; a campaign passes the version it
+    launched with (``Campaign.template_versions``)."""
 
-    def meta(self, name: str) -> dict[str, Any]:
-        if name not in self._meta:
-            if not re.fullmatch(r"[a-z0-9][a-z0-9_\-]{0,63}", name):
-                raise TemplateProblem(f"template name {name!r}: use a-z, 0-9, _ and -")
-            path = self._library / name / "template.yaml"
-            if not path.is_file():
-                raise TemplateProblem(f"template {name!r} not found in {self._library}")
-            meta = yaml.safe_load(path.read_text("utf-8")) or {}
-            meta.setdefault("version", 1)
+    def __init__(self, library: Path = LIBRARY, *, store: TemplateStore | None = None) -> None:
+        self.store = store or TemplateStore(library=library)
+        self._loaded: dict[tuple[str, int], _Loaded] = {}
+        self._cache: dict[tuple[str, int, str], _Compiled] = {}
+        self._channel_cache: dict[tuple[str, int, str, str], dict[str, Any]] = {}
+        self._lock = threading.RLock()
+
+    def _load(self, name: str, version: int | None = None) -> _Loaded:
+        try:
+            number = self.store.latest(name) if version is None else int(version)
+        except ValueError as exc:
+            raise TemplateProblem(str(exc)) from None
+        except TemplateNotFound as exc:
+            raise TemplateProblem(str(exc)) from None
+        key = (name, number)
+        found = self._loaded.get(key)
+        if found is not None:
+            return found
+        with self._lock:
+            if key in self._loaded:
+                return self._loaded[key]
+            try:
+                v = self.store.get(name, number)
+            except TemplateNotFound as exc:
+                raise TemplateProblem(str(exc)) from None
+            try:
+                meta = v.meta()
+            except yaml.YAMLError as exc:
+                raise TemplateProblem(f"{name}/template.yaml: not valid YAML: {exc}") from None
+            if not isinstance(meta, dict):
+                raise TemplateProblem(f"{name}/template.yaml: must be a mapping of settings")
             meta.setdefault("default_locale", "en")
-            meta["locales"] = sorted(p.name.split(".")[1] for p in path.parent.glob("email.*.mjml"))
+            meta["version"] = v.version
+            own = [p for p in v.files if "/" not in p]
+            meta["locales"] = sorted(p.split(".")[1] for p in own if p.startswith("email.") and p.endswith(".mjml"))
             meta["channel_locales"] = {"email": meta["locales"]} | {
-                channel: sorted(p.name.split(".")[1] for p in path.parent.glob(f"{channel}.*.{ext}"))
+                channel: sorted(p.split(".")[1] for p in own if p.startswith(f"{channel}.") and p.endswith(f".{ext}")
+                                and p.count(".") == 2)
                 for channel, (ext, _) in CHANNEL_FILES.items()}
-            self._meta[name] = meta
-        return self._meta[name]
+            loaded = _Loaded(v, meta, _environment(True, v.files), _environment(False, v.files))
+            self._loaded[key] = loaded
+            return loaded
 
-    def channels(self, name: str) -> list[str]:
+    def meta(self, name: str, version: int | None = None) -> dict[str, Any]:
+        return self._load(name, version).meta
+
+    def channels(self, name: str, version: int | None = None) -> list[str]:
         """The channels this template has a body for."""
-        return [c for c, locales in self.meta(name)["channel_locales"].items() if locales]
+        return [c for c, locales in self.meta(name, version)["channel_locales"].items() if locales]
 
     def resolve_locale(self, name: str, wanted: str | None, fallback: str | None = None,
-                       channel: str = "email") -> str:
+                       channel: str = "email", version: int | None = None) -> str:
         """Member locale → its language → the program's default → the template's default."""
-        available = self.meta(name)["channel_locales"].get(channel) or []
+        meta = self.meta(name, version)
+        available = meta["channel_locales"].get(channel) or []
         for candidate in (wanted, fallback):
             if not candidate:
                 continue
@@ -186,51 +250,62 @@ class Renderer:
             language = candidate.split("-")[0]
             if language in available:
                 return language
-        default = self.meta(name)["default_locale"]
+        default = meta["default_locale"]
         if default not in available:
             ext = "mjml" if channel == "email" else CHANNEL_FILES.get(channel, ("txt", False))[0]
             raise TemplateProblem(f"template {name!r}: default locale {default!r} has no {channel}.{default}.{ext}")
         return default
 
-    def compiled(self, name: str, locale: str) -> _Compiled:
-        meta = self.meta(name)
-        key = (name, locale, int(meta["version"]))
+    def compiled(self, name: str, locale: str, version: int | None = None) -> _Compiled:
+        loaded = self._load(name, version)
+        meta, files = loaded.meta, loaded.version.files
+        key = (name, loaded.version.version, locale)
         found = self._cache.get(key)
         if found is not None:
             return found
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
-            folder = self._library / name
             where = f"{name}/email.{locale}"
             subjects = meta.get("subject") or {}
             if locale not in subjects:
                 raise TemplateProblem(f"{name}/template.yaml: no subject for locale {locale!r}")
+            preheaders = meta.get("preheader") or {}
             try:
-                html_src = compile_mjml((folder / f"email.{locale}.mjml").read_text("utf-8"), where=where)
-                text_path = folder / f"email.{locale}.txt"
+                mjml_src = files.get(f"email.{locale}.mjml")
+                text_src = files.get(f"email.{locale}.txt")
+                if mjml_src is None:
+                    raise TemplateProblem(f"{where}: missing file email.{locale}.mjml")
+                if text_src is None:
+                    raise TemplateProblem(f"{where}: missing file email.{locale}.txt")
+                source = expand_includes(mjml_src, files, where=where)
+                if isinstance(preheaders, dict) and locale in preheaders:
+                    source = with_preheader(source)
                 compiled = _Compiled(
-                    subject=self._text_env.from_string(subjects[locale]),
-                    html=self._html_env.from_string(html_src),
-                    text=self._text_env.from_string(text_path.read_text("utf-8")),
+                    subject=loaded.text_env.from_string(subjects[locale]),
+                    html=loaded.html_env.from_string(compile_mjml(source, where=where)),
+                    text=loaded.text_env.from_string(text_src),
+                    preheader=loaded.text_env.from_string(preheaders[locale])
+                    if isinstance(preheaders, dict) and locale in preheaders else None,
                     locale=locale,
                 )
             except TemplateSyntaxError as exc:
                 raise TemplateProblem(f"{where}: line {exc.lineno}: {exc.message}") from exc
-            except FileNotFoundError as exc:
-                raise TemplateProblem(f"{where}: missing file {Path(exc.filename).name}") from exc
             self._cache[key] = compiled
             return compiled
 
-    def render_email(self, name: str, locale: str, context: dict[str, Any]) -> RenderedEmail:
-        c = self.compiled(name, locale)
+    def render_email(self, name: str, locale: str, context: dict[str, Any], version: int | None = None) -> RenderedEmail:
+        c = self.compiled(name, locale, version)
         ctx = {**context, "locale": locale}
         try:
+            preheader = " ".join(c.preheader.render(ctx).split()) if c.preheader is not None else ""
+            ctx["preheader"] = preheader
             return RenderedEmail(
                 subject=" ".join(c.subject.render(ctx).split()),
                 html=c.html.render(ctx),
                 text=c.text.render(ctx),
                 locale=locale,
+                preheader=preheader or None,
             )
         except UndefinedError as exc:
             raise TemplateProblem(f"{name}/email.{locale}: {exc.message}") from exc
@@ -239,9 +314,10 @@ class Renderer:
 
     # --- the other channels ---------------------------------------------------------------------
 
-    def channel_compiled(self, name: str, channel: str, locale: str) -> dict[str, Any]:
-        meta = self.meta(name)
-        key = (name, channel, locale, int(meta["version"]))
+    def channel_compiled(self, name: str, channel: str, locale: str, version: int | None = None) -> dict[str, Any]:
+        loaded = self._load(name, version)
+        meta, files = loaded.meta, loaded.version.files
+        key = (name, loaded.version.version, channel, locale)
         found = self._channel_cache.get(key)
         if found is not None:
             return found
@@ -249,8 +325,7 @@ class Renderer:
             raise TemplateProblem(f"{name}: no such channel {channel!r}")
         ext, escaped = CHANNEL_FILES[channel]
         where = f"{name}/{channel}.{locale}"
-        env = self._html_env if escaped else self._text_env
-        path = self._library / name / f"{channel}.{locale}.{ext}"
+        env = loaded.html_env if escaped else loaded.text_env
 
         def per_locale(value: Any) -> Any:
             return value.get(locale, value.get(meta["default_locale"])) if isinstance(value, dict) else value
@@ -261,11 +336,13 @@ class Renderer:
                 return None
             if not isinstance(value, str):
                 raise TemplateProblem(f"{name}/template.yaml: {field} must be text")
-            return self._text_env.from_string(value)
+            return loaded.text_env.from_string(value)
 
         with self._lock:
             try:
-                source = path.read_text("utf-8")
+                source = files.get(f"{channel}.{locale}.{ext}")
+                if source is None:
+                    raise TemplateProblem(f"{where}: missing file {channel}.{locale}.{ext}")
                 if channel == "telegram":
                     bad = sorted({t.lower() for t in _TAG.findall(source)} - TELEGRAM_TAGS)
                     if bad:
@@ -285,14 +362,13 @@ class Renderer:
                 }
             except TemplateSyntaxError as exc:
                 raise TemplateProblem(f"{where}: line {exc.lineno}: {exc.message}") from exc
-            except FileNotFoundError as exc:
-                raise TemplateProblem(f"{where}: missing file {Path(exc.filename).name}") from exc
             self._channel_cache[key] = compiled
             return compiled
 
-    def render(self, name: str, channel: str, locale: str, context: dict[str, Any]) -> RenderedMessage:
+    def render(self, name: str, channel: str, locale: str, context: dict[str, Any],
+               version: int | None = None) -> RenderedMessage:
         """A message for ``channel`` (any but email: see :meth:`render_email`) in ``locale``."""
-        c = self.channel_compiled(name, channel, locale)
+        c = self.channel_compiled(name, channel, locale, version)
         ctx = {**context, "locale": locale}
 
         def run(t: Any) -> str | None:
