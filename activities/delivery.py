@@ -53,6 +53,7 @@ from campaigns.followups import followup_clause
 from campaigns.holdout import held_out
 from campaigns.rules import CapScope, FrequencyCap, daily_window, member_quiet_hours, program_rules, quiet_hours_for
 from campaigns.spec import CampaignSpec
+from campaigns.variants import assign
 from channels.base import OutboundMessage
 from channels.registry import ChannelRegistry, Route
 from channels.ratelimit import SharedRateLimiter
@@ -144,19 +145,29 @@ class CampaignContext:
     quiet: dict[str, Any]            # channel → schedule.QuietHours | None
     caps: tuple[FrequencyCap, ...]
     expires_at: str | None = None
+    template_versions: dict[str, int] = field(default_factory=dict)   # pinned at launch (None: newest)
 
     @property
     def channel(self) -> str:
         """The first channel of the order."""
         return self.channels[0]
 
-    def order(self, step: str) -> tuple[str, ...]:
-        """The step's channels in fallback order."""
-        return tuple(c.value for c in self.spec.channels_for(step))
+    def order(self, step: str, variant: str | None = None) -> tuple[str, ...]:
+        """The step's channels in fallback order (a variant may have its own)."""
+        return tuple(c.value for c in self.spec.channels_for(step, variant))
+
+    def variant_of(self, member_id: int) -> str | None:
+        """The member's A/B variant (deterministic), or None when the campaign has none."""
+        return assign(self.key, member_id, self.spec.variants).key if self.spec.variants else None
+
+    def template(self, step: str, variant: str | None = None) -> tuple[str, int | None]:
+        """(template name, the version the campaign launched with)."""
+        name = self.spec.template_for(step, variant)
+        return name, self.template_versions.get(name)
 
     def info(self) -> CampaignInfo:
         return CampaignInfo(id=self.id, key=self.key, name=self.spec.name, program_id=self.program_id,
-                            program=self.program, template=self.spec.template_for, costs=self.costs,
+                            program=self.program, template=self.template, costs=self.costs,
                             expires_at=self.expires_at)
 
 
@@ -468,7 +479,7 @@ class DeliveryActivities:
             return failed
         reason = FALLBACK if when == now else Deferral.outside_window   # waits for the next channel's window
         return _Outcome(t.delivery_id, t.member_id, DeliveryStatus.planned, reason, code, cost=cost,
-                        channel=channel, locale=self.locale_for(ctx, t.step, t.member_locale, channel),
+                        channel=channel, locale=self.locale_for(ctx, t.step, t.member_locale, channel, t.variant),
                         revoke_address=revoke_address, dead_tokens=dead_tokens, attempts=attempts,
                         due_at=None if when == now else when, fallback=True)
 
@@ -521,6 +532,7 @@ class DeliveryActivities:
                 costs=unit_costs(rules.unit_costs), window=daily_window(spec.send_window),
                 quiet={c: quiet_hours_for(rules, c) for c in channels}, caps=tuple(caps),
                 expires_at=spec.end_at.isoformat() if spec.end_at else None,
+                template_versions={str(k): int(v) for k, v in (row.template_versions or {}).items()},
             )
         self._campaigns[campaign_id] = ctx
         return ctx
@@ -578,12 +590,13 @@ class DeliveryActivities:
                     states: dict[str, dict[int, dict[str, str]]]) -> tuple[str, str | None, str, str]:
         """(status, reason, channel, locale) of a new delivery row: held out, suppressed or planned on the
         member's first possible channel."""
-        first = ctx.order(step)[0]
         if ctx.spec.holdout and held_out(ctx.key, m.id, ctx.spec.holdout):
+            first = ctx.order(step)[0]
             return DeliveryStatus.held_out, CONTROL, first, self.locale_for(ctx, step, m.locale, first)
+        variant = ctx.variant_of(m.id)
         choice = self._candidates(ctx, step, m, states, ())
-        channel = choice.channels[0] if choice.channels else first
-        locale = self.locale_for(ctx, step, m.locale, channel)
+        channel = choice.channels[0] if choice.channels else ctx.order(step, variant)[0]
+        locale = self.locale_for(ctx, step, m.locale, channel, variant)
         if not choice.channels:
             return DeliveryStatus.suppressed, choice.reason, channel, locale
         return DeliveryStatus.planned, None, channel, locale
@@ -597,7 +610,7 @@ class DeliveryActivities:
 
     def _candidates(self, ctx: CampaignContext, step: str, m: _Member,
                     states: dict[str, dict[int, dict[str, str]]], tried: Sequence[str]) -> Any:
-        order = ctx.order(step)
+        order = ctx.order(step, ctx.variant_of(m.id))
         return candidates(order, topic=ctx.spec.topic, contacts=m.contacts,
                           states={c: states.get(c, {}).get(m.id, {}) for c in order}, tried=tried,
                           available=self._registry.available(ctx.program_id))
@@ -614,9 +627,10 @@ class DeliveryActivities:
         channel, when = pick(choice.channels, now, lambda c: self._window_opens(ctx, m.time_zone, now, c, m.quiet))
         if channel is None:
             return None, None, NO_WINDOW
+        variant = ctx.variant_of(m.id)
         target = Target(
-            delivery_id=delivery_id, member_id=m.id, channel=channel,
-            locale=self.locale_for(ctx, step, m.locale, channel), context=m.context, step=step,
+            delivery_id=delivery_id, member_id=m.id, channel=channel, variant=variant,
+            locale=self.locale_for(ctx, step, m.locale, channel, variant), context=m.context, step=step,
             address=m.addresses.get(channel, ""), addresses=m.addresses, push_tokens=m.push_tokens,
             session_open=m.whatsapp_open, candidates=choice.channels,
             attempts=tuple(a for a in (attempts or []) if isinstance(a, dict)), time_zone=m.time_zone,
@@ -654,8 +668,9 @@ class DeliveryActivities:
                 status, reason, channel, locale = self.initial_row(ctx, inp.step, m, states)
                 new_rows.append({
                     "campaign_id": ctx.id, "member_id": m.id, "step": inp.step, "occurrence": inp.occurrence,
-                    "status": status, "reason": reason, "channel": channel,
-                    "locale": locale, "created_at": utcnow(), "updated_at": utcnow(),
+                    "status": status, "reason": reason, "channel": channel, "locale": locale,
+                    "variant": ctx.variant_of(m.id) if status != DeliveryStatus.held_out else None,
+                    "created_at": utcnow(), "updated_at": utcnow(),
                 })
                 if status != DeliveryStatus.planned:
                     tally.add(status, reason)
@@ -816,9 +831,11 @@ class DeliveryActivities:
             return now
         return _next_allowed(now, tz or ctx.program_tz, ctx.window, periods)
 
-    def locale_for(self, ctx: CampaignContext, step: str, member_locale: str | None, channel: str = "email") -> str:
-        return self._renderer.resolve_locale(ctx.spec.template_for(step), member_locale,
-                                             ctx.spec.locale_default or ctx.program_locale, channel=channel)
+    def locale_for(self, ctx: CampaignContext, step: str, member_locale: str | None, channel: str = "email",
+                   variant: str | None = None) -> str:
+        name, version = ctx.template(step, variant)
+        return self._renderer.resolve_locale(name, member_locale, ctx.spec.locale_default or ctx.program_locale,
+                                             channel=channel, version=version)
 
     def _defer(self, ids: list[int], reason: str) -> None:
         with session_scope(self._engine) as s:

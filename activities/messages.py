@@ -38,6 +38,7 @@ class Target:
     time_zone: str | None = None
     member_locale: str | None = None
     quiet: Any = None                          # the member's own quiet hours (schedule.QuietHours), if any
+    variant: str | None = None                 # the member's A/B variant (campaigns.variants)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class CampaignInfo:
     name: str
     program_id: int
     program: dict[str, Any]
-    template: Any                              # step → template name (CampaignSpec.template_for)
+    template: Any                              # (step, variant) → (template name, pinned version or None)
     costs: dict[str, Decimal]
     expires_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -74,11 +75,11 @@ class MessageBuilder:
     def build(self, c: CampaignInfo, t: Target) -> tuple[OutboundMessage, Decimal]:
         """The message and what it costs. Raises templates.render.TemplateProblem."""
         url, token = self.unsubscribe_url(t.delivery_id)
-        template = c.template(t.step)
+        template, version = c.template(t.step, t.variant)
         context = {**t.context, "program": c.program, "campaign": {"key": c.key, "name": c.name},
                    "unsubscribe_url": url, "preferences_url": self.preferences_url(t.member_id)}
         if t.channel == "email":
-            rendered = self._renderer.render_email(template, t.locale, context)
+            rendered = self._renderer.render_email(template, t.locale, context, version)
             msg = OutboundMessage(
                 delivery_id=t.delivery_id, to=t.address, subject=rendered.subject, text=rendered.text,
                 html=rendered.html, message_id=f"<d{t.delivery_id}.c{c.id}@{self._domain}>",
@@ -89,7 +90,7 @@ class MessageBuilder:
                 },
                 member_id=t.member_id, campaign_id=c.id, program_id=c.program_id, locale=t.locale)
             return msg, message_cost("email", c.costs)
-        r = self._renderer.render(template, t.channel, t.locale, context)
+        r = self._renderer.render(template, t.channel, t.locale, context, version)
         data = {"campaign": c.key, "delivery": str(t.delivery_id)} if t.channel == "push" else {}
         msg = OutboundMessage(
             delivery_id=t.delivery_id, to=t.address, text=r.text, title=r.title, image_url=r.image,

@@ -173,6 +173,7 @@ class TriggerActivities:
             status, reason, channel, locale = initial[mid]
             rows.append({"campaign_id": ctx.id, "member_id": mid, "step": "main", "occurrence": occurrence,
                          "status": status, "reason": reason, "channel": channel, "locale": locale,
+                         "variant": ctx.variant_of(mid) if status != "held_out" else None,
                          "due_at": due, "created_at": now, "updated_at": utcnow()})
         if not rows:
             return 0

@@ -79,9 +79,10 @@ def check_template(spec: CampaignSpec, renderer: Renderer) -> None:
     its default locale for each of them."""
     problems: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
-    for step in spec.steps:
-        name = spec.template_for(step)
-        for channel in (c.value for c in spec.channels_for(step)):
+    pairs = [(spec.template_for(step, v), spec.channels_for(step, v))
+             for step in spec.steps for v in ([None] + [x.key for x in spec.variants] if step == "main" else [None])]
+    for name, channels in pairs:
+        for channel in (c.value for c in channels):
             if (name, channel) in seen:
                 continue
             seen.add((name, channel))
@@ -106,6 +107,8 @@ async def launch(*, engine: Engine, client: Client, settings: Settings, spec: Ca
     is a conflict."""
     check_template(spec, renderer)
     digest = spec_hash(spec)
+    # the versions it launches with: rendered as they are now for as long as it runs
+    pinned = {name: renderer.store.pin(name) for name in spec.all_templates}
     with session_scope(engine) as s:
         program = get_program(s, spec.program)
         row = s.scalar(select(Campaign).where(Campaign.program_id == program.id, Campaign.key == spec.key))
@@ -114,7 +117,7 @@ async def launch(*, engine: Engine, client: Client, settings: Settings, spec: Ca
             row = Campaign(program_id=program.id, key=spec.key, name=spec.name, kind=spec.kind,
                            topic=spec.topic, spec=spec.model_dump(mode="json"), spec_hash=digest,
                            status=CampaignStatus.scheduled, budget_limit=spec.budget,
-                           workflow_id=workflow_id(program.key, spec.key, kind))
+                           workflow_id=workflow_id(program.key, spec.key, kind), template_versions=pinned)
             s.add(row)
             s.flush()
         elif row.spec_hash != digest:

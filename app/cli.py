@@ -350,15 +350,15 @@ def campaign_launch(file: Annotated[Path, typer.Argument(exists=True, dir_okay=F
     """Validate a campaign spec (YAML) and launch it. Launching the same spec again is one run."""
     from app import campaigns as service
     from app.report_view import follow as follow_progress
+    from app.worker import stored_renderer
     from campaigns.spec import load_spec
-    from templates.render import Renderer
 
     spec = load_spec(file.read_text("utf-8"))
     engine = _engine()
 
     async def go(client: Any) -> Any:
         view = await service.launch(engine=engine, client=client, settings=settings(), spec=spec,
-                                    renderer=Renderer())
+                                    renderer=stored_renderer(engine))
         if follow:
             view = await follow_progress(view, engine=engine, client=client, console=out)
         return view

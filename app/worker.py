@@ -16,6 +16,7 @@ from channels.registry import ChannelRegistry
 from consent.tokens import Signer
 from storage.db import make_engine
 from templates.render import Renderer
+from templates.store import TemplateStore
 from workflows.broadcast import BroadcastCampaign
 from workflows.confirmations import ConfirmationSender
 from workflows.triggered import ScheduledTriggerRun, TriggeredCampaign
@@ -45,7 +46,7 @@ def channel_registry(settings: Settings, engine: Engine) -> ChannelRegistry:
 def delivery_activities(settings: Settings, *, engine: Engine | None = None,
                         cls: type[DeliveryActivities] = DeliveryActivities) -> DeliveryActivities:
     engine = engine or make_engine(settings.db_url)
-    renderer, registry = Renderer(), channel_registry(settings, engine)
+    renderer, registry = stored_renderer(engine), channel_registry(settings, engine)
     acts = cls(
         engine=engine, renderer=renderer, registry=registry,
         signer=signer(settings), base_url=settings.base_url, unsubscribe_mailto=settings.unsubscribe_mailto,
@@ -55,6 +56,11 @@ def delivery_activities(settings: Settings, *, engine: Engine | None = None,
     acts.direct_mail = direct_mail_activities(settings, engine)  # type: ignore[attr-defined]
     acts.confirmations = confirmation_activities(settings, engine, registry, renderer)  # type: ignore[attr-defined]
     return acts
+
+
+def stored_renderer(engine: Engine) -> Renderer:
+    """Templates from the library and the versions kept in the database (pinned at launch, imported)."""
+    return Renderer(store=TemplateStore(engine=engine))
 
 
 def confirmation_activities(settings: Settings, engine: Engine, registry: ChannelRegistry,

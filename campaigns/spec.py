@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from campaigns.rules import Duration, FrequencyCap, SendWindow
 from campaigns.segments import Audience, Op, error_path
+from campaigns.variants import Variant, Variants
 from storage.tables import ChannelName
 
 KEY = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
@@ -192,6 +193,9 @@ class CampaignSpec(BaseModel):
     caps: list[FrequencyCap] = Field(default_factory=list)
     trigger: Trigger | None = None
     follow_ups: Annotated[list[FollowUp], Field(max_length=5)] = Field(default_factory=list)
+    # A/B test of the main step: each member gets one variant, deterministically (campaigns.variants); a
+    # variant may change the template, the channels, or neither (the control copy)
+    variants: Variants = Field(default_factory=list)
 
     @field_validator("channels")
     @classmethod
@@ -238,21 +242,39 @@ class CampaignSpec(BaseModel):
     def follow_up(self, step: str) -> FollowUp | None:
         return next((f for f in self.follow_ups if f.step == step), None)
 
-    def channels_for(self, step: str) -> list[ChannelName]:
+    def variant(self, key: str | None) -> Variant | None:
+        return next((v for v in self.variants if v.key == key), None) if key else None
+
+    def channels_for(self, step: str, variant: str | None = None) -> list[ChannelName]:
+        """The step's channels in fallback order: a follow-up's own, else the variant's (main step), else the
+        campaign's."""
         f = self.follow_up(step)
-        return (f.channels if f and f.channels else None) or self.channels
+        if f and f.channels:
+            return f.channels
+        v = self.variant(variant) if step == "main" else None
+        return (v.channels if v and v.channels else None) or self.channels
 
     @property
     def all_channels(self) -> list[ChannelName]:
-        """Every channel any step may use, the campaign's first."""
+        """Every channel any step or variant may use, the campaign's first."""
         seen = list(self.channels)
-        for f in self.follow_ups:
-            seen += [c for c in (f.channels or []) if c not in seen]
+        for extra in [*(f.channels or [] for f in self.follow_ups), *(v.channels or [] for v in self.variants)]:
+            seen += [c for c in extra if c not in seen]
         return seen
 
-    def template_for(self, step: str) -> str:
+    @property
+    def all_templates(self) -> list[str]:
+        """Every template any step or variant may render."""
+        names = [self.template, *(f.template for f in self.follow_ups if f.template),
+                 *(v.template for v in self.variants if v.template)]
+        return list(dict.fromkeys(names))
+
+    def template_for(self, step: str, variant: str | None = None) -> str:
         f = self.follow_up(step)
-        return (f.template if f and f.template else None) or self.template
+        if f and f.template:
+            return f.template
+        v = self.variant(variant) if step == "main" else None
+        return (v.template if v and v.template else None) or self.template
 
 
 def parse_spec(data: Any) -> CampaignSpec:

@@ -26,9 +26,8 @@ from app.api import (
 )
 from app.settings import Settings
 from app.temporal import connect
-from app.worker import signer
+from app.worker import signer, stored_renderer
 from storage.db import make_engine
-from templates.render import Renderer
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None, client: Client | None = None) -> FastAPI:
@@ -47,7 +46,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, client: Clie
                               "`Authorization: Bearer <API key>` (create one with `clarion keys create`).")
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.db_url)
-    app.state.renderer = Renderer()
+    app.state.renderer = stored_renderer(app.state.engine)
     app.state.signer = signer(settings)
     app.state.temporal = temporal
     errors.install(app)
