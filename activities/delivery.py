@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -61,6 +62,7 @@ from channels.whatsapp_twilio import REVOKING_CODES, session_open
 from consent import ledger
 from consent.policy import CHANNEL_WIDE, SERVICE_TOPIC, decide
 from consent.tokens import Signer
+from members.coupons import assign_codes
 from members.profile import address_lines
 from storage.db import insert_ignore, session_scope
 from storage.tables import (
@@ -146,6 +148,8 @@ class CampaignContext:
     caps: tuple[FrequencyCap, ...]
     expires_at: str | None = None
     template_versions: dict[str, int] = field(default_factory=dict)   # pinned at launch (None: newest)
+    uses: frozenset[str] = frozenset()   # optional data the templates read: card, last_purchase
+    coupon_pool: str | None = None       # template.yaml `coupon_pool`: a unique code per member
 
     @property
     def channel(self) -> str:
@@ -368,6 +372,7 @@ class DeliveryActivities:
                 tally.add(DeliveryStatus.planned, Deferral.paced, len(left))
                 break
             chunk = [queue.popleft() for _ in range(min(self._chunk, len(queue)))]
+            size = len(chunk)
             if tally.exhausted:
                 await asyncio.to_thread(self._defer, [t.delivery_id for t in chunk], Deferral.budget_exhausted)
                 tally.add(DeliveryStatus.planned, Deferral.budget_exhausted, len(chunk))
@@ -375,6 +380,13 @@ class DeliveryActivities:
                 continue
             rendered: list[tuple[Target, OutboundMessage, Decimal]] = []
             outcomes: list[_Outcome] = []
+            if ctx.coupon_pool:   # each member's unique code, drawn once for good
+                codes = await asyncio.to_thread(self._coupons, ctx, [t.member_id for t in chunk])
+                short = [t for t in chunk if t.member_id not in codes]
+                outcomes += [_Outcome(t.delivery_id, t.member_id, DeliveryStatus.failed, "coupon_pool_empty",
+                                      channel=t.channel, locale=t.locale) for t in short]
+                chunk = [replace(t, context={**t.context, "coupon": codes[t.member_id]})
+                         for t in chunk if t.member_id in codes]
             for t in chunk:
                 try:
                     msg, cost = self._messages.build(info, t)
@@ -415,7 +427,7 @@ class DeliveryActivities:
                 if o.status in CHARGED:
                     tally.cost += o.cost
             await asyncio.to_thread(self._record, ctx, outcomes)
-            handled += len(chunk)
+            handled += size
             progress(handled)
             activity.heartbeat(handled)
         if transient:
@@ -527,15 +539,45 @@ class DeliveryActivities:
                 caps += [c for c in rules.caps if c.scope == CapScope.program]
             ctx = CampaignContext(
                 id=campaign_id, key=row.key, program_id=row.program_id, spec=spec,
-                program={"key": program.key, "name": program.name, "currency": program.currency},
+                program={"key": program.key, "name": program.name, "currency": program.currency,
+                         "time_zone": program.time_zone, "brand": rules.brand.model_dump()},
                 program_locale=program.default_locale, program_tz=program.time_zone, channels=channels,
                 costs=unit_costs(rules.unit_costs), window=daily_window(spec.send_window),
                 quiet={c: quiet_hours_for(rules, c) for c in channels}, caps=tuple(caps),
                 expires_at=spec.end_at.isoformat() if spec.end_at else None,
                 template_versions={str(k): int(v) for k, v in (row.template_versions or {}).items()},
             )
+            ctx = replace(ctx, **self._template_needs(ctx))
         self._campaigns[campaign_id] = ctx
         return ctx
+
+    def _coupons(self, ctx: CampaignContext, member_ids: list[int]) -> dict[int, str]:
+        with session_scope(self._engine) as s:
+            if not self._pg:   # a write first: SQLite's write lock before the free codes are read
+                s.execute(update(Campaign).where(Campaign.id == ctx.id)  # type: ignore[arg-type]
+                          .values(budget_spent=Campaign.budget_spent))
+            return assign_codes(session=s, program_id=ctx.program_id, pool=ctx.coupon_pool or "",
+                                member_ids=member_ids)
+
+    def _template_needs(self, ctx: CampaignContext) -> dict[str, Any]:
+        """What the campaign's templates read beyond the member row (so a page loads only that), and the
+        coupon pool they draw from."""
+        uses: set[str] = set()
+        pools: set[str] = set()
+        for name in ctx.spec.all_templates:
+            try:
+                meta = self._renderer.meta(name, ctx.template_versions.get(name))
+                files = self._renderer.store.get(name, meta["version"]).files
+            except (TemplateProblem, LookupError):
+                continue
+            text = "\n".join(files.values())
+            uses |= {word for word in ("card", "last_purchase") if re.search(rf"\b{word}\b", text)}
+            if meta.get("coupon_pool"):
+                pools.add(str(meta["coupon_pool"]))
+        if len(pools) > 1:
+            raise ApplicationError(f"campaign {ctx.key!r}: its templates draw from several coupon pools "
+                                   f"({', '.join(sorted(pools))}); use one", type="InvalidCampaign", non_retryable=True)
+        return {"uses": frozenset(uses), "coupon_pool": next(iter(pools), None)}
 
     def _members(self, s: Session, ctx: CampaignContext, where: Sequence[Any], now: datetime) -> list[_Member]:
         """The recipients matching ``where``, with the contacts the campaign's channels need (one query,
@@ -558,10 +600,13 @@ class DeliveryActivities:
             for mid, token in s.execute(select(PushToken.member_id, PushToken.token)
                                         .where(PushToken.member_id.in_(ids)).order_by(PushToken.id)):  # type: ignore[attr-defined]
                 tokens.setdefault(mid, []).append(token)
-        carded: set[int] = set()
-        if "receipt" in wanted and ids:
-            carded = set(s.scalars(select(Card.member_id).where(Card.member_id.in_(ids),  # type: ignore[attr-defined]
-                                                                Card.status == "active")))
+        cards: dict[int, dict[str, str]] = {}
+        if ("receipt" in wanted or "card" in ctx.uses) and ids:
+            for mid, number, status in s.execute(select(Card.member_id, Card.number, Card.status).where(
+                    Card.member_id.in_(ids), Card.status == "active").order_by(Card.id)):  # type: ignore[attr-defined]
+                cards.setdefault(mid, {"number": number, "status": status})
+        carded = set(cards)
+        purchases = self._last_purchases(s, ids) if "last_purchase" in ctx.uses and ids else {}
         out: list[_Member] = []
         for r in rows:
             m = r._mapping
@@ -573,13 +618,27 @@ class DeliveryActivities:
             out.append(_Member(
                 id=r.id, locale=r.locale, time_zone=r.time_zone,
                 context={"member": {**(r.attributes or {}), "first_name": r.first_name,
-                                    "last_name": r.last_name, "kind": r.kind, "locale": r.locale}},
+                                    "last_name": r.last_name, "kind": r.kind, "locale": r.locale},
+                         "time_zone": r.time_zone or ctx.program_tz,
+                         "card": cards.get(r.id), "last_purchase": purchases.get(r.id)},
                 contacts=Contacts(email=r.email, phone=phone, telegram_chat_id=m.get("telegram_chat_id"),
                                   push_tokens=len(tokens.get(r.id, ())), has_card=r.id in carded,
                                   postal=bool(postal)),
                 addresses=addresses, push_tokens=tuple(tokens.get(r.id, ())),
                 whatsapp_open=session_open(_aware(m.get("whatsapp_inbound_at")), now),
                 quiet=member_quiet_hours(r.preferences)))
+        return out
+
+    def _last_purchases(self, s: Session, member_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """Each member's latest purchase event (for ``{{ last_purchase.amount }}`` and the like)."""
+        latest = (select(Event.member_id, func.max(Event.occurred_at).label("at"))
+                  .where(Event.member_id.in_(member_ids), Event.type == "purchase")  # type: ignore[attr-defined]
+                  .group_by(Event.member_id).subquery())
+        out: dict[int, dict[str, Any]] = {}
+        for mid, at, payload in s.execute(select(Event.member_id, Event.occurred_at, Event.payload).join(
+                latest, (latest.c.member_id == Event.member_id) & (latest.c.at == Event.occurred_at))
+                .where(Event.type == "purchase")):
+            out[mid] = {**(payload or {}), "occurred_at": _aware(at).isoformat() if at else None}
         return out
 
     def _states(self, s: Session, ctx: CampaignContext, member_ids: list[int]) -> dict[str, dict[int, dict[str, str]]]:

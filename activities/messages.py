@@ -76,7 +76,8 @@ class MessageBuilder:
         """The message and what it costs. Raises templates.render.TemplateProblem."""
         url, token = self.unsubscribe_url(t.delivery_id)
         template, version = c.template(t.step, t.variant)
-        context = {**t.context, "program": c.program, "campaign": {"key": c.key, "name": c.name},
+        context = {"time_zone": c.program.get("time_zone"), **t.context, "program": c.program,
+                   "campaign": {"key": c.key, "name": c.name},
                    "unsubscribe_url": url, "preferences_url": self.preferences_url(t.member_id)}
         if t.channel == "email":
             rendered = self._renderer.render_email(template, t.locale, context, version)

@@ -47,9 +47,11 @@ app.command("outbox")(outbox)
 from app.direct_mail_cli import register as _register_direct_mail  # noqa: E402
 from app.rights_cli import register as _register_rights  # noqa: E402
 from app.consent_cli import register as _register_consent  # noqa: E402
+from app.coupons_cli import register as _register_coupons  # noqa: E402
 _register_direct_mail(app)
 _register_rights(members_app)
 _register_consent(app)
+_register_coupons(app)
 
 out = Console()
 err = Console(stderr=True)

@@ -158,6 +158,16 @@ DEFAULT_WORDING = ConsentWording(version="clarion-default-1", text={
           "темам. Я могу изменить выбор или отписаться в любой момент."})
 
 
+class Brand(BaseModel):
+    """The program's look, for shared layouts: ``{{ program.brand.color }}``, ``.logo_url``, ``.footer``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    color: Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}$")] = "#1a56db"
+    logo_url: Annotated[str | None, Field(pattern=r"^https://[^\s\"'<>]+$")] = None
+    footer: Localized | None = None      # the legal footer (company, address), per locale
+
+
 class ProgramRules(BaseModel):
     """What a program sets once for all its campaigns (stored in ``program.settings``)."""
 
@@ -169,6 +179,7 @@ class ProgramRules(BaseModel):
     topics: list[Topic] = Field(default_factory=lambda: list(DEFAULT_TOPICS), max_length=50)
     double_opt_in: dict[str, bool] = Field(default_factory=lambda: {"email": True})
     consent_wording: ConsentWording = DEFAULT_WORDING
+    brand: Brand = Brand()
 
     @field_validator("topics")
     @classmethod

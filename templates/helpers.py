@@ -1,21 +1,16 @@
-"""What templates may call: the locale-aware helpers (``templates.i18n``: plural forms, numbers, money,
-dates in the member's locale and time zone), installed on every sandboxed environment."""
+"""What templates may call: the locale-aware helpers of ``templates.i18n`` (plural forms, numbers, money,
+percentages, dates and times in the member's locale and time zone), installed as globals and filters on
+every sandboxed environment. They read ``locale`` and ``time_zone`` from the render context."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from babel.numbers import format_currency, format_decimal
 from jinja2 import Environment
 
+from templates import i18n
 
-def _money(value: Any, currency: str, locale: str) -> str:
-    return format_currency(value, currency, locale=locale.replace("-", "_"))
-
-
-def _number(value: Any, locale: str) -> str:
-    return format_decimal(value, locale=locale.replace("-", "_"))
+HelperError = i18n.HelperError
 
 
 def install_helpers(env: Environment) -> None:
-    env.globals.update(money=_money, number=_number)
+    env.globals.update(i18n.helpers())
+    env.filters.update(i18n.filters())

@@ -33,7 +33,7 @@ from babel import Locale, UnknownLocaleError
 from jinja2 import DictLoader, StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
-from templates.helpers import install_helpers
+from templates.helpers import HelperError, install_helpers
 from templates.store import LIBRARY, TemplateNotFound, TemplateStore, Version
 
 _JINJA = re.compile(r"{{.*?}}|{%.*?%}|{#.*?#}", re.DOTALL)
@@ -126,6 +126,16 @@ def compile_mjml(source: str, *, where: str = "template") -> str:
 MAX_INCLUDE_DEPTH = 8
 _MJ_INCLUDE = re.compile(r"""<mj-include\s+path\s*=\s*["']([^"']+)["']\s*/?>(?:\s*</mj-include>)?""")
 _MJ_HEAD = re.compile(r"<mj-head\b[^>]*>")
+
+
+def format_locale(template_locale: str, context: dict[str, Any]) -> str:
+    """How numbers and dates are written: the member's own locale when it has the template's language
+    (an ``en`` text for an ``en-GB`` member writes 1 December and £), else the template's."""
+    member = context.get("member")
+    wanted = member.get("locale") if isinstance(member, dict) else None
+    if isinstance(wanted, str) and wanted.split("-")[0].lower() == template_locale.split("-")[0].lower():
+        return wanted
+    return template_locale
 
 
 def expand_includes(source: str, files: Mapping[str, str], *, where: str, depth: int = 0) -> str:
@@ -296,7 +306,7 @@ class Renderer:
 
     def render_email(self, name: str, locale: str, context: dict[str, Any], version: int | None = None) -> RenderedEmail:
         c = self.compiled(name, locale, version)
-        ctx = {**context, "locale": locale}
+        ctx = {**context, "locale": format_locale(locale, context)}
         try:
             preheader = " ".join(c.preheader.render(ctx).split()) if c.preheader is not None else ""
             ctx["preheader"] = preheader
@@ -309,7 +319,7 @@ class Renderer:
             )
         except UndefinedError as exc:
             raise TemplateProblem(f"{name}/email.{locale}: {exc.message}") from exc
-        except TemplateError as exc:
+        except (TemplateError, HelperError) as exc:
             raise TemplateProblem(f"{name}/email.{locale}: {exc}") from exc
 
     # --- the other channels ---------------------------------------------------------------------
@@ -369,7 +379,7 @@ class Renderer:
                version: int | None = None) -> RenderedMessage:
         """A message for ``channel`` (any but email: see :meth:`render_email`) in ``locale``."""
         c = self.channel_compiled(name, channel, locale, version)
-        ctx = {**context, "locale": locale}
+        ctx = {**context, "locale": format_locale(locale, context)}
 
         def run(t: Any) -> str | None:
             return None if t is None else t.render(ctx).strip()
@@ -385,5 +395,5 @@ class Renderer:
             )
         except UndefinedError as exc:
             raise TemplateProblem(f"{name}/{channel}.{locale}: {exc.message}") from exc
-        except TemplateError as exc:
+        except (TemplateError, HelperError) as exc:
             raise TemplateProblem(f"{name}/{channel}.{locale}: {exc}") from exc

@@ -339,8 +339,8 @@ def test_region_specific_template_wins_over_language(tmp_path):
 def test_money_and_number_helpers_follow_the_locale(tmp_path):
     make_template(tmp_path, "money", subjects={"en": "s", "ru": "s"},
                   html={"en": "ok", "ru": "ok"},
-                  text={"en": "{{ money(1234.5, 'EUR', locale) }}|{{ number(1234567, locale) }}",
-                        "ru": "{{ money(1234.5, 'RUB', locale) }}|{{ number(1234567, locale) }}"})
+                  text={"en": "{{ money(1234.5, 'EUR') }}|{{ number(1234567) }}",
+                        "ru": "{{ money(1234.5, 'RUB') }}|{{ number(1234567) }}"})
     renderer = Renderer(library=tmp_path)
 
     assert renderer.render_email("money", "en", {}).text == "€1,234.50|1,234,567"

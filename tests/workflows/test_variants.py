@@ -77,3 +77,34 @@ async def test_the_campaign_renders_the_template_version_it_launched_with(worker
         await rig.finish(await rig.start(cid, page_size=50))
     assert {m.message["Subject"] for m in smtp_server.messages} >= {"Name1, double points all week at Shop & Co"}
     assert not any("TRIPLE" in m.message["Subject"] for m in smtp_server.messages)
+
+
+async def test_each_member_gets_a_unique_coupon_once_and_an_empty_pool_fails_the_rest(workers, engine: Engine,
+                                                                                     smtp_server: Any) -> None:
+    from sqlalchemy import select
+    from sqlmodel import Session
+
+    from members.coupons import load_codes
+    from storage.tables import CouponCode
+    from templates.store import TemplateStore
+
+    program, ids = bulk_members(engine, 5)
+    store = TemplateStore(engine=engine)
+    files = dict(store.get("double_points").files)
+    files["template.yaml"] += "\ncoupon_pool: xmas\n"
+    files["email.en.txt"] = "Your code: {{ coupon }}\n" + files["email.en.txt"]
+    v = store.add("double_points", files)
+    load_codes(engine=engine, program_id=program, pool="xmas", codes=["XMAS-001", "XMAS-002", "XMAS-003"])
+    cid = make_campaign(engine, program)
+    with session_scope(engine) as s:
+        s.execute(update(Campaign).where(Campaign.id == cid).values(template_versions={"double_points": v.version}))
+    async with workers(engine=engine) as rig:
+        await rig.finish(await rig.start(cid, page_size=50))
+    rows = deliveries(engine, cid)
+    assert sorted((r.status, r.reason) for r in rows) == [("failed", "coupon_pool_empty")] * 2 + [("sent", None)] * 3
+    bodies = [m.message.get_body(("plain",)).get_content() for m in smtp_server.messages]
+    codes = sorted(line.split(": ")[1] for b in bodies for line in b.splitlines() if line.startswith("Your code"))
+    assert codes == ["XMAS-001", "XMAS-002", "XMAS-003"]
+    with Session(engine) as s:
+        given = dict(s.execute(select(CouponCode.member_id, CouponCode.code)).all())
+    assert len(set(given.values())) == 3 and all(r.member_id in given for r in rows if r.status == "sent")
