@@ -48,10 +48,12 @@ from app.direct_mail_cli import register as _register_direct_mail  # noqa: E402
 from app.rights_cli import register as _register_rights  # noqa: E402
 from app.consent_cli import register as _register_consent  # noqa: E402
 from app.coupons_cli import register as _register_coupons  # noqa: E402
+from app.templates_cli import register as _register_templates  # noqa: E402
 _register_direct_mail(app)
 _register_rights(members_app)
 _register_consent(app)
 _register_coupons(app)
+_templates_app = _register_templates(app)
 
 out = Console()
 err = Console(stderr=True)
@@ -360,7 +362,7 @@ def campaign_launch(file: Annotated[Path, typer.Argument(exists=True, dir_okay=F
 
     async def go(client: Any) -> Any:
         view = await service.launch(engine=engine, client=client, settings=settings(), spec=spec,
-                                    renderer=stored_renderer(engine))
+                                    renderer=stored_renderer(engine, settings()))
         if follow:
             view = await follow_progress(view, engine=engine, client=client, console=out)
         return view

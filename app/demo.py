@@ -135,7 +135,7 @@ async def run_demo(settings: Settings, *, members: int = 1200, console: Console 
         spec = load_spec(SPEC.read_text("utf-8"))
         try:
             view = await service.launch(engine=engine, client=stack.client, settings=settings, spec=spec,
-                                        renderer=stored_renderer(engine))
+                                        renderer=stored_renderer(engine, settings))
         except Conflict as exc:
             console.print(f"[yellow]{exc.message}[/]")
         else:
@@ -164,7 +164,7 @@ async def omnichannel_demo(settings: Settings, engine: Engine, client: Client, c
     console.print(f"\n[bold]{spec.key}[/]: channels in fallback order {', '.join(c.value for c in spec.channels)}; "
                   f"[yellow]sandbox (recorded, not sent): {', '.join(sandboxed) or 'none'}[/]")
     try:
-        view = await service.launch(engine=engine, client=client, settings=settings, spec=spec, renderer=stored_renderer(engine))
+        view = await service.launch(engine=engine, client=client, settings=settings, spec=spec, renderer=stored_renderer(engine, settings))
     except Conflict as exc:
         console.print(f"[yellow]{exc.message}[/]")
     else:
@@ -212,7 +212,7 @@ async def triggered_demo(settings: Settings, engine: Engine, client: Client, con
                          purchases: int = 200, members: int = 1200) -> None:
     """The thank-you campaign reacts to purchases over 1,000 ₽ posted as events by the 'loyalty core'."""
     spec = load_spec(TRIGGERED_SPEC.read_text("utf-8"))
-    await service.launch(engine=engine, client=client, settings=settings, spec=spec, renderer=stored_renderer(engine))
+    await service.launch(engine=engine, client=client, settings=settings, spec=spec, renderer=stored_renderer(engine, settings))
     with Session(engine) as s:
         program_id = get_program(s, spec.program).id or 0
         cid = s.scalar(select(Campaign.id).where(Campaign.program_id == program_id, Campaign.key == spec.key)) or 0

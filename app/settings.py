@@ -54,6 +54,10 @@ class Settings(BaseSettings):
 
     # provider accounts (`clarion channels set`) are read again after this many seconds
     channel_refresh_s: float = Field(default=30.0, ge=0, le=3600)
+    # the template library on disk (default: the one shipped in templates/library); versions pinned at launch
+    # and imported ones are in the database
+    templates_dir: Path | None = None
+
     # a channel with no account records its requests in the sandbox outbox instead of sending (None: on for
     # the embedded stack, off against an external Temporal, where such a channel is simply not available)
     sandbox: bool | None = None
@@ -84,6 +88,12 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_base_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def template_library(self) -> Path:
+        from templates.store import LIBRARY
+
+        return self.templates_dir or LIBRARY
 
     @property
     def maildir(self) -> Path:

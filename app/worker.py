@@ -46,7 +46,7 @@ def channel_registry(settings: Settings, engine: Engine) -> ChannelRegistry:
 def delivery_activities(settings: Settings, *, engine: Engine | None = None,
                         cls: type[DeliveryActivities] = DeliveryActivities) -> DeliveryActivities:
     engine = engine or make_engine(settings.db_url)
-    renderer, registry = stored_renderer(engine), channel_registry(settings, engine)
+    renderer, registry = stored_renderer(engine, settings), channel_registry(settings, engine)
     acts = cls(
         engine=engine, renderer=renderer, registry=registry,
         signer=signer(settings), base_url=settings.base_url, unsubscribe_mailto=settings.unsubscribe_mailto,
@@ -58,9 +58,9 @@ def delivery_activities(settings: Settings, *, engine: Engine | None = None,
     return acts
 
 
-def stored_renderer(engine: Engine) -> Renderer:
+def stored_renderer(engine: Engine, settings: Settings | None = None) -> Renderer:
     """Templates from the library and the versions kept in the database (pinned at launch, imported)."""
-    return Renderer(store=TemplateStore(engine=engine))
+    return Renderer(store=TemplateStore(library=(settings or get_settings()).template_library, engine=engine))
 
 
 def confirmation_activities(settings: Settings, engine: Engine, registry: ChannelRegistry,

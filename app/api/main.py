@@ -21,6 +21,7 @@ from app.api import (
     preferences,
     programs,
     suppressions,
+    templates,
     unsubscribe,
     webhooks,
 )
@@ -46,7 +47,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, client: Clie
                               "`Authorization: Bearer <API key>` (create one with `clarion keys create`).")
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.db_url)
-    app.state.renderer = stored_renderer(app.state.engine)
+    app.state.renderer = stored_renderer(app.state.engine, settings)
     app.state.signer = signer(settings)
     app.state.temporal = temporal
     errors.install(app)
@@ -63,6 +64,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, client: Clie
     app.include_router(member_rights.router)
     app.include_router(confirm.router)
     app.include_router(suppressions.router)
+    app.include_router(templates.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
