@@ -47,6 +47,12 @@ CHANNEL_FILES: dict[str, tuple[str, bool]] = {
     "sms": ("txt", False), "whatsapp": ("txt", False), "telegram": ("html", True), "push": ("txt", False),
     "inbox": ("txt", False), "receipt": ("txt", False), "direct_mail": ("html", True),
 }
+# what each channel carries besides its body (only these are rendered per message)
+CHANNEL_FIELDS: dict[str, frozenset[str]] = {
+    "sms": frozenset(), "whatsapp": frozenset({"whatsapp"}), "telegram": frozenset({"buttons"}),
+    "push": frozenset({"title", "link", "image"}), "inbox": frozenset({"title", "link", "coupon"}),
+    "receipt": frozenset({"title", "coupon"}), "direct_mail": frozenset({"title"}),
+}
 # Telegram's HTML subset (https://core.telegram.org/bots/api#html-style)
 TELEGRAM_TAGS = frozenset({"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler",
                            "a", "code", "pre", "blockquote", "tg-emoji"})
@@ -384,14 +390,19 @@ class Renderer:
         def run(t: Any) -> str | None:
             return None if t is None else t.render(ctx).strip()
 
+        uses = CHANNEL_FIELDS[channel]
         try:
             body = c["body"].render(ctx).strip()
             return RenderedMessage(
-                channel=channel, locale=locale, text=body, title=run(c["title"]), link=run(c["link"]),
-                image=run(c["image"]), coupon=run(c["coupon"]) or None,
-                buttons=tuple((run(t) or "", run(u) or "") for t, u in c["buttons"]),
-                content_sid=c["content_sid"],
-                content_variables={k: run(v) or "" for k, v in c["variables"].items()} or None,
+                channel=channel, locale=locale, text=body,
+                title=run(c["title"]) if "title" in uses else None,
+                link=run(c["link"]) if "link" in uses else None,
+                image=run(c["image"]) if "image" in uses else None,
+                coupon=(run(c["coupon"]) or None) if "coupon" in uses else None,
+                buttons=tuple((run(t) or "", run(u) or "") for t, u in c["buttons"]) if "buttons" in uses else (),
+                content_sid=c["content_sid"] if "whatsapp" in uses else None,
+                content_variables=({k: run(v) or "" for k, v in c["variables"].items()} or None)
+                if "whatsapp" in uses else None,
             )
         except UndefinedError as exc:
             raise TemplateProblem(f"{name}/{channel}.{locale}: {exc.message}") from exc
