@@ -54,6 +54,8 @@ _register_rights(members_app)
 _register_consent(app)
 _register_coupons(app)
 _templates_app = _register_templates(app)
+from app.templates_import_cli import register as _register_templates_import  # noqa: E402
+_register_templates_import(_templates_app)
 
 out = Console()
 err = Console(stderr=True)

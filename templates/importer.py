@@ -53,7 +53,7 @@ from sqlalchemy.exc import IntegrityError
 from templates.check import check
 from templates.helpers import install_helpers
 from templates.render import CHANNEL_FILES, Renderer, normalize_locale
-from templates.store import SHARED, TEXT_SUFFIXES, TemplateStore, Version, check_name
+from templates.store import VersionTaken, SHARED, TEXT_SUFFIXES, TemplateStore, Version, check_name
 
 KB, MB = 1024, 1024 * 1024
 MAX_ZIP_BYTES = 25 * MB          # the upload itself
@@ -608,11 +608,8 @@ def _store(store: TemplateStore, name: str, texts: Mapping[str, str], shared: Ma
         number = _next_number(store, name)
         files = dict(shared) | _rewrite(texts, _prefix(base_url, name, number))
         try:
-            version = store.add(name, files, source="import", note=note, assets=images)
-        except IntegrityError:                     # the same number, stored by another process first
+            store.add(name, files, source="import", note=note, assets=images, expect_version=number)
+        except (IntegrityError, VersionTaken):     # another process stored a version first: nothing stored
             raise ImportRaced(f"template {name!r}: another version was stored at the same moment: "
                               "import again") from None
-    if version.version != number:                  # another process stored a version in the same instant
-        raise ImportRaced(f"template {name!r}: another version was stored at the same moment; version "
-                          f"{version.version} points at the images of version {number}: import again")
     return number, files

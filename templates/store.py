@@ -41,6 +41,10 @@ class TemplateNotFound(LookupError):
     pass
 
 
+class VersionTaken(RuntimeError):
+    """Another version of the template was stored first (two imports at once): store again."""
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME.fullmatch(name) or name == SHARED:
         raise ValueError(f"template name {name!r}: use a-z, 0-9, _ and -")
@@ -178,9 +182,11 @@ class TemplateStore:
         return v.version
 
     def add(self, name: str, files: Mapping[str, str], *, source: str = "import", note: str | None = None,
-            assets: Mapping[str, tuple[str, bytes]] | None = None) -> Version:
+            assets: Mapping[str, tuple[str, bytes]] | None = None, expect_version: int | None = None) -> Version:
         """Store ``files`` (and binary ``assets``: path → (media type, bytes)) as the next version of ``name``.
-        The caller validated them. One transaction: the version and its assets, or nothing."""
+        The caller validated them. One transaction: the version and its assets, or nothing. With
+        ``expect_version``, a version stored meanwhile by someone else makes it store nothing and raise
+        :class:`VersionTaken` (the files may carry their number, e.g. in image URLs)."""
         if self._engine is None:
             raise RuntimeError("storing a template version needs the database")
         check_name(name)
@@ -188,6 +194,8 @@ class TemplateStore:
             newest = max([v for v in (s.scalar(select(func.max(TemplateVersion.version)).where(
                 TemplateVersion.name == name)), self._library_version_number(name)) if v is not None], default=0)
             number = newest + 1
+            if expect_version is not None and number != expect_version:
+                raise VersionTaken(f"template {name!r}: version {expect_version} is taken; the next is {number}")
             s.add(TemplateVersion(name=name, version=number, files=dict(files), source=source, note=note,
                                   created_at=utcnow()))
             for path, (media_type, content) in (assets or {}).items():

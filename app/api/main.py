@@ -22,6 +22,7 @@ from app.api import (
     programs,
     suppressions,
     templates,
+    templates_import,
     unsubscribe,
     webhooks,
 )
@@ -65,6 +66,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, client: Clie
     app.include_router(confirm.router)
     app.include_router(suppressions.router)
     app.include_router(templates.router)
+    app.include_router(templates_import.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

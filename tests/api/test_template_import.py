@@ -10,7 +10,6 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 from typer.testing import CliRunner
 
-from app.api import templates_import
 from app.api.main import create_app
 from app.keys import create_key
 from app.settings import Settings
@@ -27,8 +26,6 @@ URL = "/api/v1/templates/spring_sale/versions"
 @pytest.fixture
 def api(engine, tmp_path):
     app = create_app(Settings(var_dir=tmp_path, temporal_dev_port=free_port(), public_base_url=BASE), engine=engine)
-    if not any(getattr(r, "path", "") == "/assets/{name}/{version}/{path:path}" for r in app.routes):
-        app.include_router(templates_import.router)           # until app/api/main.py includes it
     keys = {role: {"Authorization": f"Bearer {create_key(engine=engine, role=role)}"} for role in Role}
     with TestClient(app) as client:
         yield client, keys
