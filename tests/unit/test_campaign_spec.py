@@ -222,3 +222,20 @@ def test_filter_value_of_wrong_type_is_one_problem_at_the_value_path():
     data = base(audience={"filter": [{"field": "locale", "value": {"lang": "ru"}}]})
 
     assert paths_of(data) == ["audience.filter[0].value"]
+
+
+def test_variants_errors_name_their_path():
+    problems = dict(problems_of(base(variants=[{"key": "a", "share": 50}, {"key": "b", "share": 49.9}])))
+    assert "variant shares add up to 99.9, not 100" in problems["variants"]
+    problems = dict(problems_of(base(variants=[{"key": "a", "share": 0}, {"key": "b", "share": 100}])))
+    assert "variants[0].share" in problems
+
+
+def test_variant_templates_and_channels_are_what_the_main_step_uses():
+    spec = parse_spec(base(template="double_points", variants=[
+        {"key": "a", "share": 50}, {"key": "b", "share": 50, "template": "weekend_offer", "channels": ["sms"]}],
+        follow_ups=[{"step": "again", "after": "2d", "to": "not_opened"}]))
+    assert spec.template_for("main", "b") == "weekend_offer" and spec.template_for("main", "a") == "double_points"
+    assert [c.value for c in spec.channels_for("main", "b")] == ["sms"]
+    assert spec.template_for("again", "b") == "double_points"     # follow-ups keep the campaign's
+    assert spec.all_templates == ["double_points", "weekend_offer"]
