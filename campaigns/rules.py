@@ -12,7 +12,9 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from storage.tables import ChannelName
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -44,6 +46,16 @@ def _non_negative(td: timedelta) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _distinct_channels(v: list[ChannelName]) -> list[ChannelName]:
+    if len(set(v)) != len(v):
+        raise ValueError("list each channel once: the order is the fallback order")
+    return v
+
+
+# channels in fallback order: at least one, each once (a campaign's, a follow-up's, a variant's)
+ChannelOrder = Annotated[list[ChannelName], Field(min_length=1), AfterValidator(_distinct_channels)]
 
 
 class CapScope(StrEnum):

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from campaigns.rules import Duration, FrequencyCap, SendWindow
+from campaigns.rules import ChannelOrder, Duration, FrequencyCap, SendWindow
 from campaigns.segments import Audience, Op, error_path
 from campaigns.variants import Variant, Variants
 from storage.tables import ChannelName
@@ -129,14 +129,7 @@ class FollowUp(BaseModel):
     template: Annotated[str | None, Field(pattern=KEY)] = None
     # this step's channels in fallback order (default: the campaign's); e.g. no delivery report within
     # 2 h on WhatsApp → SMS: {step: by-sms, after: 2h, to: not_delivered, channels: [sms]}
-    channels: Annotated[list[ChannelName] | None, Field(min_length=1)] = None
-
-    @field_validator("channels")
-    @classmethod
-    def _distinct(cls, v: list[ChannelName] | None) -> list[ChannelName] | None:
-        if v is not None and len(set(v)) != len(v):
-            raise ValueError("list each channel once: the order is the fallback order")
-        return v
+    channels: ChannelOrder | None = None
 
     @field_validator("after")
     @classmethod
@@ -180,7 +173,7 @@ class CampaignSpec(BaseModel):
     program: Annotated[str, Field(pattern=KEY)]
     kind: Literal["broadcast", "triggered"] = "broadcast"
     topic: Annotated[str, Field(pattern=KEY)]
-    channels: Annotated[list[ChannelName], Field(min_length=1)]
+    channels: ChannelOrder
     audience: Audience
     template: Annotated[str, Field(pattern=KEY)]
     locale_default: str | None = None
@@ -196,13 +189,6 @@ class CampaignSpec(BaseModel):
     # A/B test of the main step: each member gets one variant, deterministically (campaigns.variants); a
     # variant may change the template, the channels, or neither (the control copy)
     variants: Variants = Field(default_factory=list)
-
-    @field_validator("channels")
-    @classmethod
-    def _distinct(cls, v: list[ChannelName]) -> list[ChannelName]:
-        if len(set(v)) != len(v):
-            raise ValueError("list each channel once: the order is the fallback order")
-        return v
 
     @field_validator("start_at", "end_at")
     @classmethod

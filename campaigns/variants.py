@@ -34,9 +34,9 @@ from collections.abc import Sequence
 from hashlib import blake2b
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from storage.tables import ChannelName
+from campaigns.rules import ChannelOrder
 
 VARIANT_KEY = r"^[a-z0-9][a-z0-9_\-]{0,31}$"  # delivery.variant holds at most 32 characters
 TEMPLATE_KEY = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
@@ -56,14 +56,7 @@ class Variant(BaseModel):
     share: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False, strict=True,
                                   description="percent of the campaign's audience, e.g. 50 or 33.3")]
     template: Annotated[str | None, Field(pattern=TEMPLATE_KEY)] = None  # None: the campaign's template
-    channels: Annotated[list[ChannelName] | None, Field(min_length=1)] = None  # None: the campaign's channels
-
-    @field_validator("channels")
-    @classmethod
-    def _distinct(cls, v: list[ChannelName] | None) -> list[ChannelName] | None:
-        if v is not None and len(set(v)) != len(v):
-            raise ValueError("list each channel once: the order is the fallback order")
-        return v
+    channels: ChannelOrder | None = None  # None: the campaign's channels
 
 
 def validate_variants(variants: list[Variant]) -> list[Variant]:
