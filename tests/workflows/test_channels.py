@@ -223,7 +223,7 @@ async def test_a_429_slows_the_campaign_down_and_the_message_still_goes_once(
         workers, engine: Engine, twilio: FakeTwilio) -> None:
     program, ids = bulk_members(engine, 3)
     set_program_settings(engine, program, NO_QUIET)
-    use_twilio(engine, twilio, rate_per_s=50)
+    use_twilio(engine, twilio, rate_per_s=2)   # slots 0.5 s apart: the 429 is back before the next one
     for i, mid in enumerate(ids):
         contacts(engine, mid, phone=f"+1415555010{i}", consent=("sms",))
     twilio.then(status=429, code=20429, headers={"Retry-After": "1"})
