@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlmodel import Session
 
+from analytics import responses
 from channels.base import StatusEvent
 from consent import ledger
 from consent.policy import CHANNEL_WIDE
@@ -39,7 +40,6 @@ from storage.tables import (
     Delivery,
     DeliveryStatus,
     EarlyStatus,
-    Response,
     ResponseKind,
     utcnow,
 )
@@ -60,10 +60,7 @@ class Applied:
 
 def _respond(session: Session, delivery_id: int, kind: ResponseKind, event_id: str | None, at: datetime) -> bool:
     """Insert a response once; True when it is new."""
-    result = session.execute(insert_ignore(session, Response.__table__, ["provider_event_id"]).returning(
-        Response.__table__.c.id), [{"delivery_id": delivery_id, "kind": kind, "at": at,
-                                    "provider_event_id": event_id}])
-    return bool(result.all())
+    return responses.record(session, delivery_id=delivery_id, kind=kind, at=at, event_id=event_id)
 
 
 def apply_status(*, session: Session, event: StatusEvent, channels: Collection[str],
@@ -109,9 +106,10 @@ def apply_status(*, session: Session, event: StatusEvent, channels: Collection[s
 
 
 def record_reply(*, session: Session, member_ids: Collection[int], channel: str, event_id: str | None,
-                 now: datetime | None = None) -> int | None:
-    """A `replied` response on the latest delivery to one of ``member_ids`` on ``channel`` (sent within
-    ``REPLY_WINDOW``). Returns the delivery id, or None when there is none (or it was recorded before)."""
+                 now: datetime | None = None, kind: ResponseKind = ResponseKind.replied) -> int | None:
+    """A `replied` (or ``kind``: `unsubscribed` for STOP) response on the latest delivery to one of
+    ``member_ids`` on ``channel`` (sent within ``REPLY_WINDOW``). Returns the delivery id, or None when there is
+    none (or it was recorded before)."""
     now = now or utcnow()
     if not member_ids:
         return None
@@ -123,7 +121,9 @@ def record_reply(*, session: Session, member_ids: Collection[int], channel: str,
         .order_by(Delivery.sent_at.desc(), Delivery.id.desc()).limit(1))  # type: ignore[union-attr]
     if delivery_id is None:
         return None
-    return delivery_id if _respond(session, delivery_id, ResponseKind.replied, event_id, now) else None
+    if kind == ResponseKind.unsubscribed:
+        event_id = f"unsub:{delivery_id}"   # one unsubscribe per delivery, however often the member says it
+    return delivery_id if _respond(session, delivery_id, kind, event_id, now) else None
 
 
 def keep_early(*, session: Session, event: StatusEvent, now: datetime | None = None) -> None:

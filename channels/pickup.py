@@ -54,10 +54,11 @@ from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from analytics import responses
 from channels.accounts import AccountError, ReceiptAccount, parse_account
 from channels.receipt import ReceiptCoupon, ReceiptMessage, format_receipt
 from members.service import get_program
-from storage.db import insert_ignore, session_scope
+from storage.db import session_scope
 from storage.tables import (
     Campaign,
     Card,
@@ -66,7 +67,6 @@ from storage.tables import (
     Delivery,
     DeliveryStatus,
     Member,
-    Response,
     ResponseKind,
     StoredMessage,
 )
@@ -209,8 +209,7 @@ def _advance_delivery(session: Session, delivery_id: int, now: datetime) -> str:
 
 def _respond(session: Session, delivery_id: int, kind: ResponseKind, event_id: str, now: datetime) -> None:
     """One response row per ``event_id``: a repeat writes nothing."""
-    session.execute(insert_ignore(session, Response.__table__, ["provider_event_id"]),
-                    [{"delivery_id": delivery_id, "kind": kind, "at": now, "provider_event_id": event_id}])
+    responses.record(session, delivery_id=delivery_id, kind=kind, at=now, event_id=event_id)
 
 
 # --- till receipt --------------------------------------------------------------------------

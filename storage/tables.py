@@ -11,7 +11,18 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Float, Index, LargeBinary, Numeric, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    Text,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -93,6 +104,7 @@ class ResponseKind(StrEnum):
     opened = "opened"
     opened_machine = "opened_machine"
     clicked = "clicked"
+    clicked_machine = "clicked_machine"  # a link scanner or preview bot followed the link, not the member
     replied = "replied"
     unsubscribed = "unsubscribed"
     complained = "complained"
@@ -277,7 +289,10 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("campaign_id", "member_id", "step", "occurrence", name="uq_delivery"),
         Index("ix_delivery_provider_message", "provider_message_id"),
-        Index("ix_delivery_campaign_status", "campaign_id", "status"),
+        # covers the campaign report (one index-only scan, already in group order): see analytics.report
+        Index("ix_delivery_report", "campaign_id", "status", "step", "channel", "locale", "variant", "segment",
+              "reason", "response_flags", "cost", "revenue"),
+        Index("ix_delivery_campaign_sent", "campaign_id", "sent_at", "status", "cost"),
         Index("ix_delivery_member_sent", "member_id", "sent_at"),
     )
 
@@ -291,7 +306,11 @@ class Delivery(SQLModel, table=True):
     channel: str | None = Field(default=None, max_length=16)
     locale: str | None = Field(default=None, max_length=35)
     variant: str | None = Field(default=None, max_length=32)
+    segment: str | None = Field(default=None, max_length=64)   # the first of the spec's report segments matched
     cost: Decimal | None = Field(default=None, sa_column=Column(Numeric(12, 4)))
+    # the responses seen so far, one bit per kind (analytics.responses.BITS), and the attributed revenue
+    response_flags: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    revenue: Decimal | None = Field(default=None, sa_column=Column(Numeric(14, 4)))
     provider_message_id: str | None = Field(default=None, max_length=255)
     error_code: str | None = Field(default=None, max_length=64)
     # channels tried before this one (fallback): [{"channel": "sms", "code": "21211"}]
@@ -305,14 +324,17 @@ class Delivery(SQLModel, table=True):
 class Response(SQLModel, table=True):
     """A member's (or provider's) response to a delivery; deduplicated by the provider's event id."""
 
-    __table_args__ = (UniqueConstraint("provider_event_id", name="uq_response_provider_event"),)
+    __table_args__ = (UniqueConstraint("provider_event_id", name="uq_response_provider_event"),
+                      Index("ix_response_campaign_at", "campaign_id", "at", "kind"))
 
     id: int | None = Field(default=None, primary_key=True)
     delivery_id: int = Field(foreign_key="delivery.id", index=True)
+    campaign_id: int | None = Field(default=None, foreign_key="campaign.id")  # the delivery's (the daily curve)
     kind: str = Field(max_length=16)
     at: datetime = _ts(default_factory=utcnow)
     value: Decimal | None = Field(default=None, sa_column=Column(Numeric(14, 4)))
     provider_event_id: str | None = Field(default=None, max_length=255)
+    detail: str | None = Field(default=None, max_length=255)   # a click's link label, why an open is a machine's
 
 
 class StoredMessage(SQLModel, table=True):

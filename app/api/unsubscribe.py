@@ -12,11 +12,12 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 from sqlmodel import Session
 
+from analytics import responses
 from app.api.deps import EngineDep, SignerDep
 from app.api.small_page import small_page
 from consent import ledger
 from consent.tokens import UNSUBSCRIBE, BadToken
-from storage.db import insert_ignore, session_scope
+from storage.db import session_scope
 from storage.tables import (
     Campaign,
     ConsentAction,
@@ -24,7 +25,6 @@ from storage.tables import (
     ConsentState,
     Delivery,
     Program,
-    Response,
     ResponseKind,
     utcnow,
 )
@@ -92,9 +92,8 @@ def unsubscribe(token: str, request: Request, engine: EngineDep, signer: SignerD
                 ip=request.client.host if request.client else None,
                 user_agent=(request.headers.get("user-agent") or "")[:512] or None,
                 campaign_id=campaign.id)])
-            s.execute(insert_ignore(s, Response.__table__, ["provider_event_id"]),
-                      [{"delivery_id": delivery.id, "kind": ResponseKind.unsubscribed, "at": utcnow(),
-                        "provider_event_id": f"unsub:{delivery.id}"}])
+            responses.record(s, delivery_id=delivery.id or 0, kind=ResponseKind.unsubscribed, at=utcnow(),
+                             event_id=f"unsub:{delivery.id}", campaign_id=campaign.id)
     lang = _lang(delivery)
     t = TEXT.get(lang, TEXT["en"])
     return _page(lang, f"<p>{escape(t['done'].format(topic=campaign.topic, program=program.name))}</p>")

@@ -31,7 +31,15 @@ from consent.confirmations import Proof, confirm
 from consent.keywords import apply_keyword, grant_topics
 from consent.links import redeem
 from storage.db import session_scope
-from storage.tables import ChannelAccount, Confirmation, ConsentSource, Member, Program, utcnow
+from storage.tables import (
+    ChannelAccount,
+    Confirmation,
+    ConsentSource,
+    Member,
+    Program,
+    ResponseKind,
+    utcnow,
+)
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
@@ -133,9 +141,9 @@ async def twilio_inbound(request: Request, engine: EngineDep, settings: Settings
             if not confirmed:
                 apply_keyword(session=s, program_id=program_id, member_ids=ids, channel=channel, kind=event.kind,
                               source=ConsentSource.sms_keyword)
-        if event.kind == "reply":
+        if event.kind in ("reply", "stop"):
             record_reply(session=s, member_ids=[m.id for m in members], channel=channel, event_id=event.event_id,
-                         now=now)
+                         now=now, kind=ResponseKind.replied if event.kind == "reply" else ResponseKind.unsubscribed)
         program = s.get(Program, next(iter(by_program))) if by_program else None
     lang = ((members[0].locale or "en") if members else "en").split("-")[0]
     name = program.name if program else ""
@@ -197,6 +205,8 @@ async def telegram_update(program_key: str, request: Request, engine: EngineDep)
         if event.kind == "stop":
             apply_keyword(session=s, program_id=program_id, member_ids=member_ids, channel="telegram",
                           kind="stop", source=ConsentSource.telegram)
+            record_reply(session=s, member_ids=member_ids, channel="telegram", event_id=event.event_id,
+                         kind=ResponseKind.unsubscribed)
         elif event.kind == "reply":
             record_reply(session=s, member_ids=member_ids, channel="telegram", event_id=event.event_id)
     return JSONResponse({"ok": True, "handled": event.kind})
