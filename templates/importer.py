@@ -52,7 +52,7 @@ from sqlalchemy.exc import IntegrityError
 
 from templates.check import check
 from templates.helpers import install_helpers
-from templates.render import CHANNEL_FILES, Renderer, normalize_locale
+from templates.render import CHANNEL_FILES, STRAY_INCLUDE, Renderer, normalize_locale, stray_includes
 from templates.store import VersionTaken, SHARED, TEXT_SUFFIXES, TemplateStore, Version, check_name
 
 KB, MB = 1024, 1024 * 1024
@@ -451,6 +451,8 @@ def _static_checks(texts: Mapping[str, str], report: _Report) -> None:
                                    "a template")
         if path == "template.yaml":
             continue                     # its values are templates of their own: checked when rendered
+        for line in stray_includes(text):    # the mjml library would read the file it names from our disk
+            report.error(path, f"line {line}: {STRAY_INCLUDE}")
         try:
             env.compile(env.parse(text, filename=path))
         except TemplateError as exc:

@@ -117,6 +117,10 @@ def compile_mjml(source: str, *, where: str = "template") -> str:
         return ph
 
     protected = _JINJA.sub(swap, source)
+    # the mjml library reads the file an <mj-include> names from the server's disk: only the includes
+    # expand_includes replaced (files of the same template version) may be in a template
+    if MJ_INCLUDE_TAG.search(protected):
+        raise TemplateProblem(f"{where}: {STRAY_INCLUDE}")
     result = mjml.mjml_to_html(protected)
     if result.errors:
         raise TemplateProblem(f"{where}: MJML errors: {result.errors}")
@@ -132,6 +136,17 @@ def compile_mjml(source: str, *, where: str = "template") -> str:
 MAX_INCLUDE_DEPTH = 8
 _MJ_INCLUDE = re.compile(r"""<mj-include\s+path\s*=\s*["']([^"']+)["']\s*/?>(?:\s*</mj-include>)?""")
 _MJ_HEAD = re.compile(r"<mj-head\b[^>]*>")
+#: any opening mj-include tag, whatever its case and attributes (what the mjml library would act on)
+MJ_INCLUDE_TAG = re.compile(r"<\s*mj-include", re.IGNORECASE)
+STRAY_INCLUDE = ('an <mj-include> other than <mj-include path="_shared/..."/> (a file of the same template) '
+                 "is not allowed")
+
+
+def stray_includes(text: str) -> list[int]:
+    """The lines of ``text`` holding an ``<mj-include>`` that :func:`expand_includes` would not replace (another
+    case, another attribute, unquoted): the mjml library would read the file it names from the server."""
+    return [text.count("\n", 0, m.start()) + 1 for m in MJ_INCLUDE_TAG.finditer(text)
+            if not _MJ_INCLUDE.match(text, m.start())]
 
 
 def format_locale(template_locale: str, context: dict[str, Any]) -> str:
