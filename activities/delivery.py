@@ -47,7 +47,7 @@ from activities.messages import CampaignInfo, MessageBuilder, Target
 from activities.sending import Sender, SendOutcome
 from analytics.tracking import apply_early
 from campaigns import schedule
-from campaigns.audience import audience_clause
+from campaigns.audience import audience_clause, segment_of
 from campaigns.channel_choice import Contacts, candidates, pick, tried_channels
 from campaigns.costs import affordable, unit_costs
 from campaigns.followups import followup_clause
@@ -101,6 +101,7 @@ FINISHED = {DeliveryStatus.sent, DeliveryStatus.delivered, DeliveryStatus.failed
 COUNTED_BY_CAPS = (DeliveryStatus.sending, DeliveryStatus.queued, DeliveryStatus.sent, DeliveryStatus.delivered,
                    DeliveryStatus.in_doubt)
 CONTROL = "control"
+CONTROL_UNREACHABLE = "control_unreachable"   # held out, but no channel of the campaign could have reached them
 CAPPED = "frequency_cap"
 CANCELLED_BY_EVENT = "cancelled_by_event"
 ONCE_PER_MEMBER = "once_per_member"
@@ -650,8 +651,12 @@ class DeliveryActivities:
         """(status, reason, channel, locale) of a new delivery row: held out, suppressed or planned on the
         member's first possible channel."""
         if ctx.spec.holdout and held_out(ctx.key, m.id, ctx.spec.holdout):
-            first = ctx.order(step)[0]
-            return DeliveryStatus.held_out, CONTROL, first, self.locale_for(ctx, step, m.locale, first)
+            # the control group of the uplift is the held-out members the campaign could have reached
+            # (consent and an address on one of its channels), as its treated members are the reached ones
+            reachable = self._candidates(ctx, step, m, states, ()).channels
+            first = reachable[0] if reachable else ctx.order(step)[0]
+            return (DeliveryStatus.held_out, CONTROL if reachable else CONTROL_UNREACHABLE, first,
+                    self.locale_for(ctx, step, m.locale, first))
         variant = ctx.variant_of(m.id)
         choice = self._candidates(ctx, step, m, states, ())
         channel = choice.channels[0] if choice.channels else ctx.order(step, variant)[0]
@@ -661,11 +666,21 @@ class DeliveryActivities:
         return DeliveryStatus.planned, None, channel, locale
 
     def initial_rows(self, s: Session, ctx: CampaignContext, step: str, member_ids: Sequence[int],
-                     now: datetime) -> dict[int, tuple[str, str | None, str, str]]:
-        """``initial_row`` for each member of ``member_ids`` (triggered campaigns create rows this way)."""
+                     now: datetime) -> dict[int, tuple[str, str | None, str, str, str | None]]:
+        """``initial_row`` and the report segment of each member of ``member_ids`` (triggered campaigns
+        create rows this way)."""
         members = self._members(s, ctx, [Member.id.in_(list(member_ids))], now)  # type: ignore[attr-defined]
         states = self._states(s, ctx, [m.id for m in members])
-        return {m.id: self.initial_row(ctx, step, m, states) for m in members}
+        segments = self.segments_of(s, ctx, [m.id for m in members], now)
+        return {m.id: (*self.initial_row(ctx, step, m, states), segments.get(m.id)) for m in members}
+
+    def segments_of(self, s: Session, ctx: CampaignContext, member_ids: list[int],
+                    now: datetime) -> dict[int, str]:
+        """Each member's report segment: the first of the spec's segments they match, else "other"; empty
+        when the spec names none."""
+        if not ctx.spec.segments or not member_ids:
+            return {}
+        return segment_of(s, ctx.program_id, ctx.spec.segments, member_ids, now=now)
 
     def _candidates(self, ctx: CampaignContext, step: str, m: _Member,
                     states: dict[str, dict[int, dict[str, str]]], tried: Sequence[str]) -> Any:
@@ -720,6 +735,7 @@ class DeliveryActivities:
 
             existing = existing_rows()
             states = self._states(s, ctx, [m.id for m in members])
+            segments = self.segments_of(s, ctx, [m.id for m in members if m.id not in existing], now)
             new_rows: list[dict[str, Any]] = []
             for m in members:
                 if m.id in existing:
@@ -729,7 +745,7 @@ class DeliveryActivities:
                     "campaign_id": ctx.id, "member_id": m.id, "step": inp.step, "occurrence": inp.occurrence,
                     "status": status, "reason": reason, "channel": channel, "locale": locale,
                     "variant": ctx.variant_of(m.id) if status != DeliveryStatus.held_out else None,
-                    "created_at": utcnow(), "updated_at": utcnow(),
+                    "segment": segments.get(m.id), "created_at": utcnow(), "updated_at": utcnow(),
                 })
                 if status != DeliveryStatus.planned:
                     tally.add(status, reason)

@@ -170,10 +170,10 @@ class TriggerActivities:
                                       (trigger.cooldown is not None and now - latest[mid] < trigger.cooldown)):
                     continue
                 taken.add(mid)
-            status, reason, channel, locale = initial[mid]
+            status, reason, channel, locale, segment = initial[mid]
             rows.append({"campaign_id": ctx.id, "member_id": mid, "step": "main", "occurrence": occurrence,
                          "status": status, "reason": reason, "channel": channel, "locale": locale,
-                         "variant": ctx.variant_of(mid) if status != "held_out" else None,
+                         "variant": ctx.variant_of(mid) if status != "held_out" else None, "segment": segment,
                          "due_at": due, "created_at": now, "updated_at": utcnow()})
         if not rows:
             return 0

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
@@ -27,7 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from app.errors import Conflict, Invalid, NotFound
 from app.settings import Settings
-from campaigns.spec import CampaignSpec
+from campaigns.spec import CampaignSpec, SpecError, parse_spec
 from members.service import get_program
 from storage.db import session_scope
 from storage.tables import Campaign, CampaignStatus, ChannelName
@@ -72,6 +73,15 @@ def uses_schedule(spec: CampaignSpec) -> bool:
 
 def spec_hash(spec: CampaignSpec) -> str:
     return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _same_spec(stored: dict[str, Any], spec: CampaignSpec) -> bool:
+    """The stored spec, read by today's model, is this one (a spec stored before a field with a default was
+    added hashes differently, yet launching it again is the same run)."""
+    try:
+        return spec_hash(parse_spec(stored)) == spec_hash(spec)
+    except SpecError:
+        return False
 
 
 def check_template(spec: CampaignSpec, renderer: Renderer) -> None:
@@ -120,7 +130,7 @@ async def launch(*, engine: Engine, client: Client, settings: Settings, spec: Ca
                            workflow_id=workflow_id(program.key, spec.key, kind), template_versions=pinned)
             s.add(row)
             s.flush()
-        elif row.spec_hash != digest:
+        elif row.spec_hash != digest and not _same_spec(row.spec, spec):
             raise Conflict(f"campaign {spec.key!r} was already launched with a different spec; "
                            "give the new one another key", field="key")
         campaign_id, wf_id, status, program_tz = row.id or 0, row.workflow_id or "", row.status, program.time_zone

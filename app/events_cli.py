@@ -86,7 +86,7 @@ def _chain(first: str, rest: TextIO) -> Iterator[str]:
 
 class _Totals:
     def __init__(self) -> None:
-        self.accepted = self.duplicates = self.refused = 0
+        self.accepted = self.duplicates = self.refused = self.attributed = 0
 
 
 def _send(engine: Any, program_id: int, items: Iterable[Item], totals: _Totals) -> None:
@@ -98,6 +98,7 @@ def _send(engine: Any, program_id: int, items: Iterable[Item], totals: _Totals) 
         result = ingest_events(engine=engine, program_id=program_id, items=[raw for _, raw in sending])
         totals.accepted += result.accepted
         totals.duplicates += result.duplicates
+        totals.attributed += result.attributed
         totals.refused += result.refused
         for e in result.errors:
             typer.echo(f"  {sending[e.index][0]}: {e.field}: {e.message}" + (f" (event {e.id})" if e.id else ""),
@@ -153,6 +154,7 @@ def send(file: Annotated[str, typer.Argument(
         typer.echo(f"error: {name}: not UTF-8 text (byte {exc.start} of a chunk); save it as UTF-8", err=True)
     finally:
         engine.dispose()
-    typer.echo(f"{name}: {totals.accepted} accepted, {totals.duplicates} duplicates, {totals.refused} refused")
+    typer.echo(f"{name}: {totals.accepted} accepted, {totals.duplicates} duplicates, {totals.refused} refused"
+               + (f"; {totals.attributed} purchases attributed to campaigns" if totals.attributed else ""))
     if totals.refused:
         raise typer.Exit(2)

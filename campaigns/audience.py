@@ -21,6 +21,7 @@ the rule inside it. Days are UTC days; "the last N days" starts at ``now - N day
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -50,6 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from campaigns.segments import (
@@ -65,6 +67,7 @@ from campaigns.segments import (
     ValueKind,
     value_kind,
 )
+from campaigns.spec import OTHER_SEGMENT
 from storage.tables import Card, ConsentState, Event, Member
 
 M = Member.__table__.c  # type: ignore[attr-defined]
@@ -98,6 +101,22 @@ def audience_clause(program_id: int, audience: Audience, *, now: datetime | None
     if chosen is not None:
         parts.append(chosen)
     return and_(*parts)
+
+
+def segment_of(session: Session, program_id: int, segments: Mapping[str, Rule], member_ids: Sequence[int], *,
+               now: datetime | None = None) -> dict[int, str]:
+    """Each member's report segment: the first of ``segments`` (name → rule, in order) whose rule they
+    match, else ``OTHER_SEGMENT``. One query per segment over the given members."""
+    left = set(member_ids)
+    out: dict[int, str] = {}
+    for name, rule in segments.items():
+        if not left:
+            break
+        clause = audience_clause(program_id, Audience(rules=rule), now=now)
+        for mid in session.scalars(select(M.id).where(M.id.in_(sorted(left)), clause)):  # type: ignore[union-attr]
+            out[mid] = name
+            left.discard(mid)
+    return out | dict.fromkeys(left, OTHER_SEGMENT)
 
 
 def _utc(now: datetime | None) -> datetime:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -11,11 +12,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from campaigns.rules import ChannelOrder, Duration, FrequencyCap, SendWindow
-from campaigns.segments import Audience, Op, error_path
+from campaigns.segments import Audience, Op, Rule, error_path
 from campaigns.variants import Variant, Variants
 from storage.tables import ChannelName
 
 KEY = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
+MAX_SEGMENTS = 10
+OTHER_SEGMENT = "other"      # the report's segment of members matching none of the spec's segments
 
 
 class SpecError(ValueError):
@@ -189,6 +192,30 @@ class CampaignSpec(BaseModel):
     # A/B test of the main step: each member gets one variant, deterministically (campaigns.variants); a
     # variant may change the template, the channels, or neither (the control copy)
     variants: Variants = Field(default_factory=list)
+    # a purchase counts for the campaign (analytics.attribution) when the member's last message of it came
+    # within this time before (for the control group: the time they were held out)
+    attribution_window: Duration = timedelta(days=7)
+    # the report's segments: named rules, the first one a member matches when the row is made is the
+    # member's segment in the report (none matched: "other")
+    segments: dict[str, Rule] = Field(default_factory=dict)
+
+    @field_validator("attribution_window")
+    @classmethod
+    def _window(cls, v: timedelta) -> timedelta:
+        if not timedelta(hours=1) <= v <= timedelta(days=90):
+            raise ValueError("must be between 1 hour and 90 days, e.g. 7d")
+        return v
+
+    @field_validator("segments")
+    @classmethod
+    def _segments(cls, v: dict[str, Rule]) -> dict[str, Rule]:
+        if len(v) > MAX_SEGMENTS:
+            raise ValueError(f"at most {MAX_SEGMENTS} segments")
+        for name in v:
+            if not re.fullmatch(KEY, name) or name == OTHER_SEGMENT:
+                raise ValueError(f"segment name {name[:70]!r}: use a-z, 0-9, _ and - (at most 64), not "
+                                 f"{OTHER_SEGMENT!r}")
+        return v
 
     @field_validator("start_at", "end_at")
     @classmethod

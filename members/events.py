@@ -23,9 +23,10 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from analytics.attribution import attribute, purchase_of
 from campaigns.spec import EVENT_TYPE
 from storage.db import insert_ignore, session_scope
-from storage.tables import Event, Member, utcnow
+from storage.tables import Event, Member, Program, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ class EventError:
 class IngestResult:
     accepted: int = 0
     duplicates: int = 0
+    attributed: int = 0     # purchases that counted for a campaign (analytics.attribution)
     errors: list[EventError] = field(default_factory=list)
 
     @property
@@ -209,11 +211,17 @@ def ingest_events(*, engine: Engine, program_id: int, items: Sequence[EventIn | 
         if rows:
             with session_scope(engine) as s:
                 stmt = insert_ignore(s, Event.__table__, ["program_id", "source_event_id"])
-                inserted = s.execute(stmt.returning(Event.__table__.c.source_event_id),
-                                     list(rows.values())).scalars().all()
+                inserted = s.execute(stmt.returning(Event.__table__.c.id, Event.__table__.c.source_event_id),
+                                     list(rows.values())).all()
+                purchases = [(eid, rows[source]) for eid, source in inserted if rows[source]["type"] == "purchase"]
+                if purchases:  # in the same transaction: a stored purchase is always attributed
+                    currency = s.scalar(select(Program.currency).where(Program.id == program_id)) or ""
+                    result.attributed = len(attribute(s, [
+                        purchase_of(eid, r["member_id"], r["occurred_at"], r["payload"], currency)
+                        for eid, r in purchases]))
             result.accepted = len(inserted)
             result.duplicates += len(rows) - len(inserted)
     result.errors.sort(key=lambda e: e.index)
-    log.info("events program=%s accepted=%s duplicates=%s refused=%s", program_id, result.accepted,
-             result.duplicates, result.refused)
+    log.info("events program=%s accepted=%s duplicates=%s refused=%s attributed=%s", program_id, result.accepted,
+             result.duplicates, result.refused, result.attributed)
     return result

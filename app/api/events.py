@@ -100,6 +100,8 @@ class BatchError(BaseModel):
 class BatchOut(BaseModel):
     accepted: int
     duplicates: int
+    attributed: int = Field(description="purchases of this batch that counted for a campaign (its attribution "
+                                        "window after the member's last message of it)")
     errors: list[BatchError]
 
 
@@ -130,6 +132,6 @@ def post_event(body: EventIn, program: ProgramQ, engine: EngineDep) -> EventAcce
 def post_events(body: BatchIn, program: ProgramQ, engine: EngineDep) -> BatchOut:
     """Up to 1,000 events: the good ones are stored, each bad one is reported (index, field)."""
     result = ingest_events(engine=engine, program_id=_program_id(engine, program), items=body.events)
-    return BatchOut(accepted=result.accepted, duplicates=result.duplicates,
+    return BatchOut(accepted=result.accepted, duplicates=result.duplicates, attributed=result.attributed,
                     errors=[BatchError(index=e.index, id=e.id, field=e.field, message=e.message)
                             for e in result.errors])

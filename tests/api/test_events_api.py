@@ -110,7 +110,7 @@ def test_a_batch_stores_the_good_and_lists_the_bad_with_index_and_field(api, eng
         (2, "bad", "type"), (3, "stranger", "member"), (4, "huge", "payload")]
     assert rows(engine) == ["ok-1", "ok-2"]
     r = client.post("/api/v1/events/batch", params=Q, json={"events": events[:2]})
-    assert r.json() == {"accepted": 0, "duplicates": 2, "errors": []}
+    assert r.json() == {"accepted": 0, "duplicates": 2, "attributed": 0, "errors": []}
 
 
 def test_a_batch_of_more_than_1000_is_refused_saying_so(api, engine):

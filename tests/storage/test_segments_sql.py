@@ -371,3 +371,21 @@ def test_cli_counts_the_members_of_the_program(seeded, any_db_url, tmp_path, mon
     assert bare_counted.output.startswith("1 member in program 'shop' (")
     assert unknown.exit_code == 1
     assert unknown.output.strip() == "error: program 'nope' not found"
+
+
+def test_report_segments_take_the_first_rule_a_member_matches(any_db_url):
+    from campaigns.audience import segment_of
+    from campaigns.segments import Rule
+    from tests.factories import seed_members
+
+    eng = make_engine(any_db_url)
+    program_id = seed_members(eng, 30, program="segs")     # member i: gold when i % 10 == 0, locale en/ru
+    with Session(eng) as s:
+        ids = {m.external_id: m.id for m in s.scalars(select(Member))}
+        segments = {"gold": Rule.model_validate({"field": "tier", "value": "gold"}),
+                    "russian": Rule.model_validate({"field": "locale", "value": "ru"})}
+        got = segment_of(s, program_id, segments, list(ids.values()), now=NOW)
+    eng.dispose()
+    for i in range(1, 31):
+        want = "gold" if i % 10 == 0 else "russian" if i % 2 == 1 else "other"
+        assert got[ids[f"M{i:06d}"]] == want, i

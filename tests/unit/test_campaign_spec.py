@@ -239,3 +239,37 @@ def test_variant_templates_and_channels_are_what_the_main_step_uses():
     assert [c.value for c in spec.channels_for("main", "b")] == ["sms"]
     assert spec.template_for("again", "b") == "double_points"     # follow-ups keep the campaign's
     assert spec.all_templates == ["double_points", "weekend_offer"]
+
+
+def test_attribution_window_and_report_segments():
+    base = {"key": "k", "name": "N", "program": "acme", "topic": "promotions", "channels": ["email"],
+            "audience": {"all": True}, "template": "t"}
+    spec = parse_spec(base)
+    assert spec.attribution_window == timedelta(days=7) and spec.segments == {}
+    spec = parse_spec({**base, "attribution_window": "36h",
+                       "segments": {"gold": {"field": "tier", "value": "gold"},
+                                    "kazan": {"field": "city", "value": "Kazan"}}})
+    assert spec.attribution_window == timedelta(hours=36) and list(spec.segments) == ["gold", "kazan"]
+    for bad, path in [({"attribution_window": "30m"}, "attribution_window"),
+                      ({"attribution_window": "91d"}, "attribution_window"),
+                      ({"segments": {"other": {"field": "tier", "value": "x"}}}, "segments"),
+                      ({"segments": {"Gold!": {"field": "tier", "value": "x"}}}, "segments"),
+                      ({"segments": {f"s{i}": {"field": "tier", "value": "x"} for i in range(11)}}, "segments"),
+                      ({"segments": {"g": {"field": "nope", "value": 1}}}, "segments.g.field")]:
+        with pytest.raises(SpecError) as err:
+            parse_spec({**base, **bad})
+        assert err.value.problems[0][0] == path, err.value.problems
+
+
+def test_a_spec_stored_before_new_defaulted_fields_is_the_same_spec():
+    from app.campaigns import _same_spec, spec_hash
+
+    base = {"key": "k", "name": "N", "program": "acme", "topic": "promotions", "channels": ["email"],
+            "audience": {"all": True}, "template": "t"}
+    spec = parse_spec(base)
+    stored = spec.model_dump(mode="json")
+    for newer in ("attribution_window", "segments", "variants"):
+        stored.pop(newer)
+    assert spec_hash(parse_spec(stored)) == spec_hash(spec) and _same_spec(stored, spec)
+    assert not _same_spec({**stored, "name": "Other"}, spec)
+    assert not _same_spec({"broken": True}, spec)
