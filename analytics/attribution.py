@@ -116,7 +116,9 @@ def attribute(session: Session, purchases: Sequence[Purchase]) -> list[Attribute
             continue
         _, delivery_id, row = chosen
         new = responses.record(session, delivery_id=delivery_id, kind=ResponseKind.converted, at=p.at,
-                               event_id=f"purchase:{p.event_id}", value=p.amount, campaign_id=row.campaign_id)
+                               event_id=f"purchase:{p.event_id}", value=p.amount, campaign_id=row.campaign_id,
+                               # the daily curve tells the control group's purchases apart without a join
+                               detail=CONTROL if row.status == DeliveryStatus.held_out else None)
         if not new:
             continue
         if row.step != "main":

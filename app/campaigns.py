@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from temporalio.client import (
     Client,
     Schedule,
@@ -26,6 +27,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from analytics.report import CampaignReport, campaign_report, compare_campaigns
 from app.errors import Conflict, Invalid, NotFound
 from app.settings import Settings
 from campaigns.spec import CampaignSpec, SpecError, parse_spec
@@ -196,6 +198,19 @@ def _row(engine: Engine, program: str, key: str) -> tuple[Campaign, str]:
         if row is None:
             raise NotFound(f"campaign {key!r} not found in program {program!r}", field="key")
         return row, prog.key
+
+
+def report(*, engine: Engine, program: str, key: str) -> CampaignReport:
+    """The campaign's report (analytics.report), by program and key."""
+    row, _ = _row(engine, program, key)
+    return campaign_report(engine, row.id or 0)
+
+
+def compare(*, engine: Engine, program: str, start: datetime | None, end: datetime | None) -> list[CampaignReport]:
+    """The program's campaigns that ran in [start, end), each with its totals."""
+    with Session(engine) as s:
+        program_id = get_program(s, program).id or 0
+    return compare_campaigns(engine, program_id, start, end)
 
 
 async def status_of(*, engine: Engine, client: Client, program: str, key: str) -> CampaignView:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import json
 import signal
@@ -16,7 +15,6 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
-from sqlalchemy import select
 from sqlmodel import Session
 
 from app.errors import ClarionError, TemporalUnavailable, as_clarion_error
@@ -399,24 +397,20 @@ for _action in ("status", "pause", "resume", "cancel"):
 @friendly
 def report(key: str, program: ProgramOpt,
            format: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table") -> None:
-    """The campaign report: audience, suppressed by reason, sent, delivered, failed, cost; by locale and channel."""
-    from analytics.report import campaign_report
-    from app.errors import NotFound
+    """The campaign report: reach, responses, conversions against the control group (uplift with its 95%
+    interval), revenue, cost and ROI; by channel, locale, variant, segment, step and day (csv, json)."""
+    from app import campaigns as service
     from app.report_view import print_report, report_csv
-    from members.service import get_program
-    from storage.tables import Campaign
 
+    if format not in ("table", "csv", "json"):
+        typer.echo(f"error: --format: use table, csv or json, not {format!r}", err=True)
+        raise typer.Exit(2)
     engine = _engine()
-    with Session(engine) as s:
-        prog = get_program(s, program)
-        cid = s.scalar(select(Campaign.id).where(Campaign.program_id == prog.id, Campaign.key == key))
-    if cid is None:
-        raise NotFound(f"campaign {key!r} not found in program {program!r}", field="key")
-    rep = campaign_report(engine, cid)
+    rep = service.report(engine=engine, program=program, key=key)
     if format == "csv":
         sys.stdout.write(report_csv(rep))
     elif format == "json":
-        sys.stdout.write(json.dumps(dataclasses.asdict(rep), indent=2) + "\n")
+        sys.stdout.write(json.dumps(rep.to_dict(), indent=2, ensure_ascii=False) + "\n")
     else:
         print_report(rep, out)
 

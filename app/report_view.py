@@ -3,41 +3,67 @@
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
+from decimal import Decimal
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from analytics.report import CampaignReport, Figures
+from analytics.report import CampaignReport
 from app import campaigns as service
 
 
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{v * 100:.1f}%"
+
+
+def _money(v: Decimal | float | None, currency: str) -> str:
+    return "–" if v is None else f"{v:,.2f} {currency}"
+
+
 def print_report(report: CampaignReport, console: Console) -> None:
+    t = report.total
+    cur = report.currency
     console.print(f"\n[bold]Campaign {report.campaign}[/] — {report.name} — status [bold]{report.status}[/]")
-    t = Table(show_lines=False)
-    for col in ("locale", "audience", "sent", "suppressed", "failed", "in doubt", "pending"):
-        t.add_column(col, justify="right" if col != "locale" else "left")
-    rows = [*report.by_locale.items(), ("all", report.total)]
-    for name, f in rows:
-        t.add_row(name, *(str(v) for v in (f.audience, f.sent, f.suppressed, f.failed, f.in_doubt, f.pending)),
-                  style="bold" if name == "all" else None)
-    console.print(t)
-    if len(report.by_channel) > 1 or report.total.queued or report.total.delivered:
-        ch = Table(title="by channel")
-        for col in ("channel", "sent", "delivered", "queued", "suppressed", "failed", "in doubt", "pending", "cost"):
-            ch.add_column(col, justify="right" if col != "channel" else "left")
-        for name, f in [*report.by_channel.items(), ("all", report.total)]:
-            ch.add_row(name, *(str(v) for v in (f.sent, f.delivered, f.queued, f.suppressed, f.failed, f.in_doubt,
-                                                 f.pending, f"{f.cost:.2f}")),
+    funnel = Table(title="by channel", show_lines=False)
+    cols = ("channel", "audience", "sent", "delivered", "opened", "clicked", "replied", "unsub.", "converted",
+            "revenue", "cost", "suppressed", "failed", "in doubt", "pending")
+    for col in cols:
+        funnel.add_column(col, justify="left" if col == "channel" else "right")
+    for name, f in [*report.by_channel.items(), ("all", t)]:
+        funnel.add_row(name, *(str(v) for v in (f.audience, f.sent, f.delivered, f.opened, f.clicked, f.replied,
+                                                f.unsubscribed, f.converted)),
+                       f"{f.revenue:,.2f}", f"{f.cost:,.2f}",
+                       *(str(v) for v in (f.suppressed, f.failed, f.in_doubt, f.pending)),
                        style="bold" if name == "all" else None)
-        console.print(ch)
-    if report.total.suppressed_by_reason:
+    console.print(funnel)
+    loc = Table(title="by locale")
+    for col in ("locale", "audience", "held out", "sent", "open rate", "click rate", "conversion", "control conv.",
+                "uplift"):
+        loc.add_column(col, justify="left" if col == "locale" else "right")
+    for name, f in [*report.by_locale.items(), ("all", t)]:
+        d = f.derived()
+        u = d["uplift"]
+        loc.add_row(name, str(f.audience), str(f.held_out), str(f.sent), _pct(d["open_rate"]), _pct(d["click_rate"]),
+                    _pct(d["conversion_rate"]), _pct(d["control_conversion_rate"]),
+                    "–" if u is None else f"{u['uplift'] * 100:+.2f} pt", style="bold" if name == "all" else None)
+    console.print(loc)
+    d = t.derived()
+    u = d["uplift"]
+    if u is not None:
+        verdict = "significant" if u["significant"] else "not significant"
+        console.print(f"uplift {u['uplift'] * 100:+.2f} points (95% CI {u['ci_low'] * 100:+.2f} to "
+                      f"{u['ci_high'] * 100:+.2f}, p = {u['p_value']:.3f}, {verdict} at 5%): "
+                      f"{t.treated_converted}/{t.treated} treated against {t.control_converted}/{t.control} control; "
+                      f"incremental revenue {_money(d['incremental_revenue'], cur)}, ROI {_pct(d['roi'])}, "
+                      f"cost per response {_money(d['cost_per_response'], cur)}")
+    elif t.held_out:
+        console.print("uplift: no comparison yet (no treated or no reachable control member)")
+    if t.suppressed_by_reason:
         r = Table(title="suppressed by reason")
         r.add_column("reason")
         r.add_column("members", justify="right")
-        for reason, n in sorted(report.total.suppressed_by_reason.items()):
+        for reason, n in sorted(t.suppressed_by_reason.items()):
             r.add_row(reason, str(n))
         console.print(r)
     if report.failed_by_reason:
@@ -45,17 +71,7 @@ def print_report(report: CampaignReport, console: Console) -> None:
 
 
 def report_csv(report: CampaignReport) -> str:
-    out = io.StringIO()
-    w = csv.writer(out)
-    w.writerow(["campaign", "by", "value", "audience", "sent", "delivered", "queued", "suppressed", "failed",
-                "in_doubt", "pending", "cost"])
-    rows: list[tuple[str, str, Figures]] = [*(("locale", k, f) for k, f in report.by_locale.items()),
-                                            *(("channel", k, f) for k, f in report.by_channel.items()),
-                                            ("all", "all", report.total)]
-    for by, name, f in rows:
-        w.writerow([report.campaign, by, name, f.audience, f.sent, f.delivered, f.queued, f.suppressed, f.failed,
-                    f.in_doubt, f.pending, f"{f.cost:.4f}"])
-    return out.getvalue()
+    return report.csv()
 
 
 async def follow(view: service.CampaignView, *, engine, client, console: Console) -> service.CampaignView:

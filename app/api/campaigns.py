@@ -12,17 +12,15 @@ from decimal import Decimal
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 from sqlmodel import Session
 
-from analytics.report import campaign_report
 from app import campaigns as service
 from app.api.deps import EngineDep, RendererDep, SettingsDep, TemporalDep, require
-from app.errors import Invalid, NotFound
+from app.errors import Invalid
 from campaigns.estimate import estimate
 from campaigns.spec import load_spec, parse_spec
 from members.service import get_program
-from storage.tables import Campaign, Role, utcnow
+from storage.tables import Role, utcnow
 
 router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
 ProgramQ = Annotated[str, Query(description="the program's key", pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")]
@@ -108,10 +106,5 @@ async def steer_campaign(key: Key, action: Literal["pause", "resume", "cancel"],
 
 @router.get("/{key}/report", dependencies=[Depends(require(Role.marketer, Role.analyst))])
 def report(key: Key, program: ProgramQ, engine: EngineDep) -> dict[str, Any]:
-    with Session(engine) as s:
-        prog = get_program(s, program)
-        cid = s.scalar(select(Campaign.id).where(Campaign.program_id == prog.id, Campaign.key == key))
-    if cid is None:
-        raise NotFound(f"campaign {key!r} not found in program {program!r}", field="key")
-    return dataclasses.asdict(campaign_report(engine, cid))
-
+    """The campaign's report (the same as GET /api/v1/reports/campaigns/{key})."""
+    return service.report(engine=engine, program=program, key=key).to_dict()

@@ -20,6 +20,7 @@ from app.api import (
     pos,
     preferences,
     programs,
+    reports,
     suppressions,
     templates,
     templates_import,
@@ -55,6 +56,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, client: Clie
     app.include_router(members.router)
     app.include_router(events.router)
     app.include_router(campaigns.router)
+    app.include_router(reports.router)
     app.include_router(programs.router)
     app.include_router(unsubscribe.router)
     app.include_router(pos.router)

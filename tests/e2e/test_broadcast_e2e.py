@@ -151,9 +151,9 @@ def test_broadcast_reaches_each_consenting_member_once_in_their_language(stack):
     import csv
     import io
 
-    rows = {(r["by"], r["value"]): r for r in csv.DictReader(io.StringIO(report[report.index("campaign,"):]))}
-    total = rows[("all", "all")]
+    rows = {(r["dimension"], r["key"]): r for r in csv.DictReader(io.StringIO(report[report.index("campaign,"):]))}
+    total = rows[("total", "all")]
     assert (total["audience"], total["sent"], total["suppressed"], total["failed"], total["in_doubt"],
-            total["pending"]) == ("60", "45", "15", "0", "0", "0")
+            total["pending"], total["unsubscribed"]) == ("60", "45", "15", "0", "0", "0", "1")
     assert rows[("channel", "email")]["sent"] == "45"
     engine.dispose()
