@@ -546,11 +546,31 @@ class DeliveryActivities:
                 costs=unit_costs(rules.unit_costs), window=daily_window(spec.send_window),
                 quiet={c: quiet_hours_for(rules, c) for c in channels}, caps=tuple(caps),
                 expires_at=spec.end_at.isoformat() if spec.end_at else None,
-                template_versions={str(k): int(v) for k, v in (row.template_versions or {}).items()},
             )
-            ctx = replace(ctx, **self._template_needs(ctx))
+            pinned = row.template_versions
+        if pinned is None:   # launched before versions were pinned (migration 0005): pin what it renders now
+            pinned = self._pin_now(campaign_id, spec)
+        ctx = replace(ctx, template_versions={str(k): int(v) for k, v in pinned.items()})
+        ctx = replace(ctx, **self._template_needs(ctx))
         self._campaigns[campaign_id] = ctx
         return ctx
+
+    def _pin_now(self, campaign_id: int, spec: CampaignSpec) -> dict[str, Any]:
+        """Pin the current version of each of the campaign's templates and keep them on its row, once: a
+        campaign launched before pinning existed then renders the same version for as long as it runs, and
+        a later import does not change what it sends. Two workers racing keep the first one's pins."""
+        pins: dict[str, int] = {}
+        for name in spec.all_templates:
+            try:
+                pins[name] = self._renderer.store.pin(name)
+            except LookupError:
+                continue    # a template that is gone: rendering reports it per message
+        with session_scope(self._engine) as s:
+            s.execute(update(Campaign).where(Campaign.id == campaign_id,  # type: ignore[arg-type]
+                                             Campaign.template_versions.is_(None))  # type: ignore[union-attr]
+                      .values(template_versions=pins))
+            stored = s.scalar(select(Campaign.template_versions).where(Campaign.id == campaign_id))  # type: ignore[arg-type]
+        return stored if stored is not None else pins
 
     def _coupons(self, ctx: CampaignContext, member_ids: list[int]) -> dict[int, str]:
         with session_scope(self._engine) as s:

@@ -82,3 +82,30 @@ def test_an_unknown_version_is_a_clear_problem(tmp_path):
     write(tmp_path, 1, "Hello")
     with pytest.raises(TemplateProblem, match="template 'promo' has no version 7"):
         Renderer(tmp_path).render_email("promo", "en", CTX, version=7)
+
+
+def test_a_campaign_launched_before_pinning_is_pinned_once_when_it_next_runs(store, tmp_path):
+    """Campaigns from before migration 0005 have no pins: the first time a worker loads one, it pins the
+    versions current then and keeps them on the row, so a later import does not change what it sends."""
+    from sqlalchemy import select, update
+    from sqlmodel import Session
+
+    from app.settings import Settings
+    from app.worker import delivery_activities
+    from storage.tables import Campaign
+    from tests.factories import make_campaign, seed_members
+
+    s, library = store
+    write(library, 1, "Hello")
+    engine = s._engine
+    cid = make_campaign(engine, seed_members(engine, 1), template="promo")
+    with engine.begin() as conn:
+        conn.execute(update(Campaign).where(Campaign.id == cid).values(template_versions=None))
+    settings = Settings(var_dir=tmp_path, templates_dir=library)
+    ctx = delivery_activities(settings, engine=engine).campaign(cid)
+    assert ctx.template("main") == ("promo", 1)
+    with Session(engine) as db:
+        assert db.scalar(select(Campaign.template_versions).where(Campaign.id == cid)) == {"promo": 1}
+    s.add("promo", dict(s.get("promo").files), note="an import after the upgrade")   # version 2
+    again = delivery_activities(settings, engine=engine).campaign(cid)                 # another worker
+    assert again.template("main") == ("promo", 1)
