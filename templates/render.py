@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import threading
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,16 @@ class RenderedMessage:
     buttons: tuple[tuple[str, str], ...] = ()
     content_sid: str | None = None
     content_variables: dict[str, str] | None = None
+
+
+def runtime_problem(where: str, exc: BaseException) -> TemplateProblem:
+    """A template that failed while rendering (``{{ member.points - 10 }}`` with a text, a division by zero):
+    named by template, locale, the template's line and the error's type, never its message (which may quote
+    the member's data)."""
+    line = next((n for frame, n in reversed(list(traceback.walk_tb(exc.__traceback__)))
+                 if frame.f_code.co_filename == "<template>" or frame.f_code.co_filename.startswith("_shared/")),
+                None)
+    return TemplateProblem(f"{where}: {f'line {line}: ' if line else ''}{type(exc).__name__} while rendering")
 
 
 def normalize_locale(value: str) -> str:
@@ -342,6 +353,8 @@ class Renderer:
             raise TemplateProblem(f"{name}/email.{locale}: {exc.message}") from exc
         except (TemplateError, HelperError) as exc:
             raise TemplateProblem(f"{name}/email.{locale}: {exc}") from exc
+        except Exception as exc:   # any other failure of one member's render is that message's problem
+            raise runtime_problem(f"{name}/email.{locale}", exc) from exc
 
     # --- the other channels ---------------------------------------------------------------------
 
@@ -423,3 +436,5 @@ class Renderer:
             raise TemplateProblem(f"{name}/{channel}.{locale}: {exc.message}") from exc
         except (TemplateError, HelperError) as exc:
             raise TemplateProblem(f"{name}/{channel}.{locale}: {exc}") from exc
+        except Exception as exc:   # any other failure of one member's render is that message's problem
+            raise runtime_problem(f"{name}/{channel}.{locale}", exc) from exc

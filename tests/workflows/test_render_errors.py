@@ -1,0 +1,49 @@
+"""A template that fails at run time for some members (arithmetic on an attribute that is text for them)
+fails those members' messages, named ``render_error``; the rest of the campaign is sent."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+
+from storage.db import session_scope
+from storage.tables import Campaign
+from templates.store import TemplateStore
+from tests.factories import make_campaign
+from tests.workflows.conftest import (
+    bulk_members,
+    by_member,
+    campaign_row,
+    deliveries,
+    email,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_a_member_whose_data_breaks_the_template_fails_alone(workers, engine: Engine, smtp_server: Any) -> None:
+    program, ids = bulk_members(engine, 6, attributes=lambda i: {"points": "lots" if i == 3 else 100 * i,
+                                                                 "visits": 0 if i == 5 else i})
+    store = TemplateStore(engine=engine)
+    files = dict(store.get("double_points").files)
+    files["email.en.txt"] = "You will have {{ member.points - 10 }} points, {{ 100 // member.visits }} per visit\n"
+    v = store.add("double_points", files)
+    cid = make_campaign(engine, program)
+    with session_scope(engine) as s:
+        s.execute(update(Campaign).where(Campaign.id == cid).values(template_versions={"double_points": v.version}))
+
+    async with workers(engine=engine) as rig:   # before: the page failed every attempt, the campaign with it
+        await asyncio.wait_for(rig.finish(await rig.start(cid, page_size=50)), timeout=60)
+
+    rows = by_member(deliveries(engine, cid))
+    assert {i: (rows[mid].status, rows[mid].reason) for i, mid in enumerate(ids, start=1)} == {
+        1: ("sent", None), 2: ("sent", None), 3: ("failed", "render_error"), 4: ("sent", None),
+        5: ("failed", "render_error"), 6: ("sent", None)}
+    assert sorted(smtp_server.recipients()) == sorted(email(i) for i in (1, 2, 4, 6))
+    bodies = {m.rcpt_tos[0]: m.message.get_body(("plain",)).get_content() for m in smtp_server.messages}
+    assert "You will have 390 points, 25 per visit" in bodies[email(4)]
+    assert campaign_row(engine, cid).status == "completed"
