@@ -80,6 +80,9 @@ def _explain(exc: BaseException) -> str:
     if isinstance(exc, UndefinedError):
         line = _template_line(exc)
         return f"line {line}: {exc.message}" if line else str(exc.message)
+    if not isinstance(exc, (TemplateError, ValueError)):   # TypeError, ZeroDivisionError, ... with the sample
+        line = _template_line(exc)
+        return f"{f'line {line}: ' if line else ''}{type(exc).__name__}: {exc}"
     return str(exc)
 
 
@@ -145,6 +148,10 @@ def _check_email(renderer: Renderer, name: str, locale: str, ctx: dict[str, Any]
                 line = next((i for i, text in enumerate(source.splitlines(), 1) if found and found[-1] in text), None)
                 message = f"line {line}: {exc.message}" if line else str(exc.message)
             out.append(Problem(name, part, message))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a text minus a number, a division by zero: name file and line
+            line = _template_line(exc)
+            out.append(Problem(name, part, f"{f'line {line}: ' if line else ''}{type(exc).__name__}: {exc}"))
             continue
         if part.endswith("(subject)") and not rendered.strip():
             out.append(Problem(name, part, "the subject renders empty"))

@@ -72,3 +72,12 @@ def test_the_same_template_renders_for_a_member_whose_data_fits(tmp_path):
     with pytest.raises(TemplateProblem):
         renderer.render("points", "sms", "en", member(points="lots"))
     assert renderer.render("points", "sms", "en", member(points=1250)).text == "1240 points"
+
+
+def test_the_check_reports_such_a_template_by_file_and_line_instead_of_crashing(tmp_path):
+    from templates.check import check
+
+    renderer = Renderer(library(tmp_path, text="Hello\n{{ member.first_name - 1 }}", sms="{{ 1 // (member.points_balance - 1250) }}"))
+    problems = {(p.where, p.message) for p in check(renderer, "points")}
+    assert ("email.en.txt", "line 2: TypeError: unsupported operand type(s) for -: 'str' and 'int'") in problems
+    assert ("sms.en", "line 1: ZeroDivisionError: integer division or modulo by zero") in problems
