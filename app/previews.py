@@ -3,11 +3,14 @@ member's real data (profile, card, last purchase, time zone) — with what the c
 encoding, segments and cost; push payload size; the receipt's lines at the till's width.
 
 Used by ``clarion templates preview`` and ``GET /api/v1/templates/{name}/preview``. Nothing is sent or
-written; the links in a preview point at no delivery (they answer "not valid").
+written. The member links in a preview are inert: a preview is made with :class:`PreviewSigner`, whose every
+token is the word ``PREVIEW`` (``https://.../p/PREVIEW``, ``/u/PREVIEW``), so a preview a marketer forwards
+or leaves in a browser never opens the member's preference center nor unsubscribes anyone.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,12 +23,34 @@ from campaigns.costs import unit_costs
 from campaigns.rules import program_rules
 from channels.receipt import ReceiptCoupon, format_receipt
 from channels.sms_text import sms_segments
+from consent.tokens import BadToken
 from members.profile import address_lines
 from members.service import get_program
 from storage.tables import Card, Event, Member
 from templates.render import Renderer, TemplateProblem
 
 CHANNELS = ("email", "sms", "whatsapp", "telegram", "push", "inbox", "receipt", "direct_mail")
+PREVIEW_TOKEN = "PREVIEW"
+
+
+class PreviewSigner:
+    """What ``consent.tokens.Signer`` offers, for previews: every token is ``PREVIEW`` (no member, delivery or
+    expiry in it, nothing any page accepts) and none verifies."""
+
+    def sign(self, purpose: str, payload: dict, *, ttl_s: int, now: float | None = None) -> str:
+        return PREVIEW_TOKEN
+
+    def verify(self, purpose: str, token: str, *, now: float | None = None) -> dict:
+        raise BadToken()
+
+
+def inert(builder: MessageBuilder) -> MessageBuilder:
+    """``builder`` making the same messages with :class:`PreviewSigner`'s links."""
+    if isinstance(getattr(builder, "_signer", None), PreviewSigner):
+        return builder
+    quiet = copy.copy(builder)
+    quiet._signer = PreviewSigner()  # type: ignore[assignment]
+    return quiet
 
 
 class PreviewError(LookupError):
@@ -96,7 +121,7 @@ def preview(*, engine: Engine, renderer: Renderer, builder: MessageBuilder, prog
     target = Target(delivery_id=0, member_id=m.id or 0, channel=channel, locale=chosen, context=context,
                     address=address, session_open=True)
     try:
-        msg, cost = builder.build(info, target)
+        msg, cost = inert(builder).build(info, target)
     except TemplateProblem as exc:
         raise PreviewError(str(exc), "template") from None
     # only what the channel carries: a title on push, inbox, receipt and letters; buttons on Telegram

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from activities.messages import MessageBuilder
-from app.api.deps import EngineDep, RendererDep, SettingsDep, SignerDep, require
+from app.api.deps import EngineDep, RendererDep, SettingsDep, require
 from app.errors import Invalid, NotFound
-from app.previews import PreviewError, preview
+from app.previews import PreviewError, PreviewSigner, preview
 from storage.tables import Role
 from templates.check import check
 
@@ -19,6 +19,14 @@ router = APIRouter(prefix="/api/v1/templates", tags=["templates"],
                    dependencies=[Depends(require(Role.marketer, Role.analyst))])
 Name = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")]
 Key = Annotated[str, Query(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")]
+# an email's HTML as the member sees it, opened in the marketer's browser on the API's own origin: the images
+# it shows, its inline styles and nothing else (no script, no form, no frame, no base), sandboxed to a unique
+# origin so it can never act with the marketer's session
+PREVIEW_HTML_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; img-src https: data:; style-src 'unsafe-inline'; sandbox; "
+                               "form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+}
 
 
 @router.get("")
@@ -42,7 +50,7 @@ def check_template(name: Name, renderer: RendererDep, version: Annotated[int | N
 
 
 @router.get("/{name}/preview")
-def preview_template(name: Name, request: Request, engine: EngineDep, renderer: RendererDep, signer: SignerDep,
+def preview_template(name: Name, request: Request, engine: EngineDep, renderer: RendererDep,
                      settings: SettingsDep, program: Key, member: Annotated[str, Query(min_length=1, max_length=128)],
                      channel: Annotated[str, Query(pattern=r"^[a-z_]{3,16}$")] = "email",
                      locale: Annotated[str | None, Query(max_length=35)] = None,
@@ -52,8 +60,8 @@ def preview_template(name: Name, request: Request, engine: EngineDep, renderer: 
     """The exact message ``member`` would get; ``format=html`` gives an email's HTML as the member sees it."""
     if width not in (32, 42, 48):
         raise Invalid([("width", "use 32, 42 or 48")])
-    builder = MessageBuilder(renderer=renderer, signer=signer, base_url=settings.base_url,
-                             unsubscribe_mailto=settings.unsubscribe_mailto)
+    builder = MessageBuilder(renderer=renderer, signer=PreviewSigner(),  # type: ignore[arg-type]
+                             base_url=settings.base_url, unsubscribe_mailto=settings.unsubscribe_mailto)
     try:
         p = preview(engine=engine, renderer=renderer, builder=builder, program=program, template=name,
                     channel=channel, member=member, locale=locale, version=version, width=width)
@@ -64,7 +72,5 @@ def preview_template(name: Name, request: Request, engine: EngineDep, renderer: 
     if format == "html":
         if p.html is None:
             raise Invalid([("format", f"a {channel} message has no HTML")])
-        return HTMLResponse(p.html, headers={"Content-Security-Policy": "default-src 'none'; img-src https: data:; "
-                                                                         "style-src 'unsafe-inline'",
-                                             "Cache-Control": "no-store"})
+        return HTMLResponse(p.html, headers=PREVIEW_HTML_HEADERS)
     return JSONResponse(dataclasses.asdict(p), headers={"Cache-Control": "no-store"})
