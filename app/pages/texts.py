@@ -126,3 +126,160 @@ TEXTS: dict[str, dict[str, str]] = {
 def texts(language: str) -> dict[str, str]:
     """The texts of ``language`` (English for any language we have no texts in)."""
     return {**TEXTS["en"], **TEXTS.get(language, {})}
+
+
+# --- the dashboard (marketers and analysts) ---------------------------------------------------------------
+# Its own dict: the staff pages are in English for now; a translation is one more language key here.
+# Placeholders in braces are filled with str.format (numbers and money already formatted for the program).
+
+DASHBOARD_TEXTS: dict[str, dict[str, str]] = {
+    "en": {
+        "app": "Clarion",
+        "dashboard": "Dashboard",
+        "skip": "Skip to the content",
+        # login
+        "login_title": "Sign in",
+        "login_intro": "Paste an API key with the role admin, marketer or analyst "
+                       "(create one with clarion keys create --role marketer).",
+        "login_key": "API key",
+        "login_button": "Sign in",
+        "login_bad_key": "This API key is not valid. It may have been revoked.",
+        "login_bad_role": "A key with the role {role} cannot use the dashboard. "
+                          "Use a key with the role admin, marketer or analyst.",
+        "login_missing": "Paste your API key.",
+        "logged_out": "You are signed out.",
+        "session_ended": "Your session has ended. Please sign in again.",
+        "signed_in_as": "Signed in as {who} ({role})",
+        "key_prefix": "key {prefix}",
+        "logout": "Sign out",
+        # campaigns list
+        "program": "Program",
+        "program_choose": "Show",
+        "campaigns": "Campaigns",
+        "campaigns_intro": "Newest first. Rates are of the messages that reached members; conversion is of the "
+                           "members who got the main message. Money in {currency}.",
+        "no_programs": "There is no program yet. Create one with clarion programs create.",
+        "no_campaigns": "This program has no campaigns yet.",
+        "col_name": "Campaign",
+        "col_key": "Key",
+        "col_kind": "Kind",
+        "col_status": "Status",
+        "col_sent": "Sent",
+        "col_open_rate": "Open rate",
+        "col_click_rate": "Click rate",
+        "col_conversion_rate": "Conversion rate",
+        "col_uplift": "Uplift",
+        "col_revenue": "Revenue",
+        "col_cost": "Cost",
+        "col_actions": "Actions",
+        "col_reached": "Reached",
+        "col_delivered": "Delivered",
+        "col_converted": "Converted",
+        "col_day": "Day",
+        "col_opened": "Opened",
+        "col_clicked": "Clicked",
+        "col_conversions": "Conversions",
+        "significant_marker": "★",
+        "significant_legend": "★ significant at the 5% level. Uplift in percentage points: conversion rate "
+                              "of the members who got the campaign minus that of the control group.",
+        "not_available": "—",
+        "pause": "Pause",
+        "resume": "Resume",
+        "pause_label": "Pause {name}",
+        "resume_label": "Resume {name}",
+        "live_unavailable": "Temporal did not answer: statuses are the last ones recorded.",
+        # statuses and kinds
+        "status_draft": "draft",
+        "status_scheduled": "scheduled",
+        "status_waiting": "waiting",
+        "status_running": "running",
+        "status_paused": "paused",
+        "status_completed": "completed",
+        "status_cancelled": "cancelled",
+        "status_budget_exhausted": "budget used up",
+        "status_failed": "failed",
+        "kind_broadcast": "broadcast",
+        "kind_triggered": "triggered",
+        # flash messages after pause / resume
+        "done_pause": "{name}: pause sent. Status now: {status}.",
+        "done_resume": "{name}: resume sent. Status now: {status}.",
+        "problem_not_running": "{name} is not running, so it cannot be paused or resumed.",
+        "problem_unavailable": "Temporal could not be reached: nothing was changed. Try again in a moment.",
+        # campaign page
+        "back": "All campaigns",
+        "download_csv": "Download the report (CSV)",
+        "generated": "Figures as of {at} ({zone}).",
+        "headline": "Key figures",
+        "fig_sent": "Sent",
+        "fig_delivered": "Delivered",
+        "fig_opened": "Opened",
+        "fig_clicked": "Clicked",
+        "fig_converted": "Converted",
+        "fig_revenue": "Revenue",
+        "fig_cost": "Cost",
+        "fig_roi": "ROI",
+        "fig_cost_per_response": "Cost per response",
+        "rate_of_reached": "{rate} of reached",
+        "rate_of_sent": "{rate} of sent",
+        "rate_conversion": "{rate} of treated members",
+        "uplift": "Uplift against the control group",
+        "uplift_none_control": "No control group was held out, so the campaign's uplift cannot be measured.",
+        "uplift_none_treated": "No member has been reached yet, so there is no uplift to measure.",
+        "uplift_rates": "Members who got the campaign converted at {treated_rate} ({treated_converted} of "
+                        "{treated}); members of the control group, who got nothing, at {control_rate} "
+                        "({control_converted} of {control}).",
+        "uplift_value": "Uplift: {uplift} percentage points, with a 95% confidence interval from {low} to {high} "
+                        "points.",
+        "uplift_significant": "p-value {p}: a difference this large would rarely appear by chance, so it is "
+                              "statistically significant at the 5% level.",
+        "uplift_not_significant": "p-value {p}: a difference like this could well be chance, so it is not "
+                                  "statistically significant at the 5% level.",
+        "uplift_incremental": "That is about {conversions} conversions and {revenue} of revenue more than "
+                              "without the campaign.",
+        "uplift_decremental": "That is about {conversions} conversions and {revenue} of revenue fewer than "
+                              "without the campaign.",
+        "funnel": "Funnel",
+        "funnel_desc": "From the audience to conversions; each bar shows its count and its share of the "
+                       "messages that reached members.",
+        "funnel_note": "Delivered counts only the deliveries a provider confirmed; some email providers do not "
+                       "confirm them, so later steps may exceed it.",
+        "not_reached": "Not reached: {held_out} held out ({control} in the control group), {suppressed} "
+                       "suppressed, {failed} failed, {pending} not sent yet.",
+        "step_audience": "Audience",
+        "step_reached": "Reached",
+        "step_delivered": "Delivered",
+        "step_opened": "Opened",
+        "step_clicked": "Clicked",
+        "step_converted": "Converted",
+        "bar_value": "{count} · {percent}",
+        "bar_title": "{label}: {count} ({percent} of reached)",
+        "curve": "Daily responses",
+        "curve_desc": "Messages sent and responses recorded each day ({zone}).",
+        "curve_range": "Daily counts from {first} to {last}.",
+        "curve_point": "{series}, {day}: {count}",
+        "curve_table": "Show the daily figures",
+        "series_sent": "Sent",
+        "series_opened": "Opened",
+        "series_clicked": "Clicked",
+        "series_conversions": "Conversions",
+        "no_data": "No data yet",
+        "by_channel": "By channel",
+        "by_locale": "By locale",
+        "by_variant": "By variant",
+        "by_segment": "By segment",
+        "control_group": "Control group (held out)",
+        "no_rows": "Nothing to show yet.",
+        # refusals
+        "not_found_title": "Not found",
+        "not_found": "There is no such program or campaign.",
+        "forbidden_title": "Not allowed",
+        "forbidden_role": "Your role ({role}) may look at reports but not pause or resume campaigns.",
+        "forbidden_form": "This form has expired or did not come from this site, so nothing was done. "
+                          "Go back, reload the page and try again.",
+    },
+}
+
+
+def dashboard_texts(language: str = "en") -> dict[str, str]:
+    """The dashboard's texts in ``language`` (English for any language it has no texts in)."""
+    return {**DASHBOARD_TEXTS["en"], **DASHBOARD_TEXTS.get(language, {})}
