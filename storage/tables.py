@@ -325,7 +325,7 @@ class Response(SQLModel, table=True):
     """A member's (or provider's) response to a delivery; deduplicated by the provider's event id."""
 
     __table_args__ = (UniqueConstraint("provider_event_id", name="uq_response_provider_event"),
-                      Index("ix_response_campaign_at", "campaign_id", "at", "kind"))
+                      Index("ix_response_campaign_at", "campaign_id", "at", "kind", "detail", "value"))
 
     id: int | None = Field(default=None, primary_key=True)
     delivery_id: int = Field(foreign_key="delivery.id", index=True)

@@ -187,3 +187,17 @@ def test_comparing_campaigns_of_a_period(world):
     assert [r.campaign for r in both] == ["spring", "later"] and both[0].by_day == []
     assert [r.campaign for r in compare_campaigns(eng, program_id, T0 + timedelta(days=4), None)] == ["later"]
     assert [r.campaign for r in compare_campaigns(eng, program_id, None, T0 + timedelta(days=5))] == ["spring"]
+
+
+def test_local_days_follow_the_clock_changes():
+    from zoneinfo import ZoneInfo
+
+    from analytics.report import _day_starts
+
+    berlin = ZoneInfo("Europe/Berlin")     # 2026-10-25: 03:00 CEST → 02:00 CET, a 25-hour day
+    days = _day_starts(datetime(2026, 10, 24, 12, tzinfo=UTC), datetime(2026, 10, 26, 1, tzinfo=UTC), berlin)
+    assert [d for d, _, _ in days] == [date(2026, 10, 24), date(2026, 10, 25), date(2026, 10, 26)]
+    assert [(b - a) / timedelta(hours=1) for _, a, b in days] == [24, 25, 24]
+    assert days[1][1] == datetime(2026, 10, 24, 22, tzinfo=UTC) and days[2][1] == datetime(2026, 10, 25, 23, tzinfo=UTC)
+    long = _day_starts(datetime(2024, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC), berlin)
+    assert len(long) == 400 and long[-1][0] == date(2026, 1, 1)     # the latest 400 days

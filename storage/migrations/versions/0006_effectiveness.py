@@ -33,7 +33,7 @@ def upgrade() -> None:
                                                                               name='fk_response_campaign'),
                                    nullable=True))
         batch.add_column(sa.Column('detail', sa.String(255), nullable=True))
-        batch.create_index('ix_response_campaign_at', ['campaign_id', 'at', 'kind'])
+        batch.create_index('ix_response_campaign_at', ['campaign_id', 'at', 'kind', 'detail', 'value'])
     # responses recorded before: their campaign, and their bits and revenue on the delivery
     op.execute("UPDATE response SET campaign_id = (SELECT d.campaign_id FROM delivery d "
                "WHERE d.id = response.delivery_id)")
