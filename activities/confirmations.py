@@ -7,12 +7,19 @@ SMS: "reply YES") and records ``sent`` / ``in_doubt`` / ``failed``. Like a deliv
 singleton), and a transient failure leaves it pending for the next round. Requests older than the link's
 life expire. The message is a service message: it needs no marketing consent, but a channel the member
 blocked (revoked, suppressed) gets nothing.
+
+Only requests still ``pending`` when they are claimed are sent (``UPDATE ... WHERE status = 'pending'
+RETURNING id``): one the member withdrew meanwhile (unsubscribed from everything, erased: ``expired``) is
+never revived. A request whose message cannot be made (the template fails) is ``failed`` (the log says why,
+by request id), never ``in_doubt``, and the rest of the batch goes out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
@@ -35,6 +42,7 @@ from templates.render import Renderer, TemplateProblem
 from workflows.contracts import ConfirmationsSent, SendConfirmations
 
 TEMPLATE = "confirm_subscription"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,13 +105,20 @@ class ConfirmationActivities:
                     continue
                 requests.append(_Request(r.id, r.program_id, {"key": r.key, "name": r.name}, r.default_locale,
                                          r.member_id, r.channel, r.address, r.locale, r.first_name))
-            if blocked:
-                s.execute(update(Confirmation).where(Confirmation.id.in_(blocked))  # type: ignore[union-attr]
-                          .values(status="failed"))
-            if requests:
-                s.execute(update(Confirmation).where(Confirmation.id.in_([r.id for r in requests]))  # type: ignore[union-attr]
-                          .values(status="sending"))
-        return expired, interrupted, requests, len(blocked)
+            # only rows still pending: one expired since the SELECT (the member unsubscribed, was erased) stays so
+            failed = self._move(s, blocked, "failed")
+            claimed = self._move(s, [r.id for r in requests], "sending")
+        return expired, interrupted, [r for r in requests if r.id in claimed], len(failed)
+
+    @staticmethod
+    def _move(s: Any, ids: list[int], status: str) -> set[int]:
+        """``pending`` → ``status`` for those of ``ids`` still pending; the ids moved."""
+        if not ids:
+            return set()
+        return set(s.scalars(update(Confirmation).where(Confirmation.id.in_(ids),  # type: ignore[union-attr]
+                                                        Confirmation.status == "pending")
+                             .values(status=status).returning(Confirmation.id)
+                             .execution_options(synchronize_session=False)))
 
     def _message(self, r: _Request) -> OutboundMessage:
         locale = self._renderer.resolve_locale(TEMPLATE, r.locale, r.program_locale, channel=r.channel)
@@ -121,7 +136,12 @@ class ConfirmationActivities:
     async def _send(self, r: _Request) -> str:
         try:
             msg = self._message(r)
-        except TemplateProblem:
+        except TemplateProblem as exc:      # names template, locale and the error's type: no personal data
+            log.warning("double opt-in request %s failed: its message cannot be made: %s", r.id, exc)
+            return "failed"
+        except Exception as exc:  # noqa: BLE001 - one request's message, not the batch: never left sending
+            log.warning("double opt-in request %s failed: its message cannot be made: %s", r.id,
+                        type(exc).__name__)
             return "failed"
         route = await asyncio.to_thread(self._registry.route, r.program_id, r.channel)
         try:
