@@ -14,7 +14,10 @@ inbox, direct mail: always shown, on unless revoked), one box per program topic:
     off          unchecked                      anything else, or the whole channel (``*``) revoked/suppressed
 
 A channel whose ``*`` is ``suppressed`` (the address bounced or complained) is shown read-only: ticking
-boxes would not make the address work.
+boxes would not make the address work. So is a channel revoked over a suppression (the suppression is the
+last channel-wide act before the revocation): unsubscribing and ticking again never lifts a suppression.
+A topic ``requested`` whose confirmation can no longer be used (expired, failed, sent to an old address)
+shows ``off``: nothing waits for it, and ticking it again asks again.
 
 What a save writes (only what changed, in the caller's transaction, each row with the proof: source web,
 ip, user agent ≤ 512, the wording version and the SHA-256 of the exact wording shown):
@@ -27,8 +30,9 @@ ip, user agent ≤ 512, the wording version and the SHA-256 of the exact wording
                  unticked are ``revoked`` so that lifting the block brings none of them back
     a double opt-in channel left with no pending topic: its open confirmation requests expire (a link
                  already sent can no longer confirm anything)
-    unsubscribe from everything: ``*`` ``revoked`` on every channel not revoked yet; open confirmation
-                 requests expire
+    unsubscribe from everything: ``*`` ``revoked`` on every channel not revoked or suppressed yet (a
+                 suppression stays what it is); topics waiting for confirmation ``revoked`` and open
+                 confirmation requests expire, so no link sent before can subscribe the member again
 """
 
 from __future__ import annotations
@@ -45,7 +49,13 @@ from sqlmodel import Session
 from campaigns.rules import ProgramRules, localized, program_rules
 from campaigns.schedule import parse_hhmm
 from consent import ledger
-from consent.confirmations import Proof, request_confirmation
+from consent.confirmations import (
+    OPEN_STATUSES,
+    Proof,
+    address_of,
+    open_topics,
+    request_confirmation,
+)
 from consent.links import create_link
 from consent.policy import CHANNEL_WIDE, OPT_OUT_CHANNELS
 from storage.tables import (
@@ -53,6 +63,7 @@ from storage.tables import (
     ChannelName,
     Confirmation,
     ConsentAction,
+    ConsentRecord,
     ConsentState,
     Member,
     Program,
@@ -66,7 +77,7 @@ ChannelStatus = Literal["open", "revoked", "suppressed"]
 #: reachable channels in the order the page shows them, then the opt-out ones
 OPT_IN_ORDER = (ChannelName.email, ChannelName.sms, ChannelName.whatsapp, ChannelName.telegram, ChannelName.push)
 OPT_OUT_ORDER = (ChannelName.receipt, ChannelName.inbox, ChannelName.direct_mail)
-_OPEN_REQUESTS = ("pending", "sending", "sent", "in_doubt")
+_OPEN_REQUESTS = OPEN_STATUSES
 _ON = frozenset({ConsentAction.granted, ConsentAction.confirmed})
 _OFF = frozenset({ConsentAction.revoked, ConsentAction.suppressed})
 
@@ -190,14 +201,20 @@ def _topic_state(status: str | None, *, opt_out: bool) -> CellState:
 
 
 def _channel_view(channel: str, states: Mapping[str, str], topics: Iterable[str], *, rules: ProgramRules,
-                  address_hint: str | None) -> ChannelView:
+                  address_hint: str | None, waiting: set[str], under_suppression: bool = False) -> ChannelView:
+    """``waiting``: the topics an open confirmation request waits for; ``under_suppression``: the last
+    channel-wide act before the current one was a suppression."""
     opt_out = channel in OPT_OUT_CHANNELS
     wide = states.get(CHANNEL_WIDE)
     status: ChannelStatus = "suppressed" if wide == ConsentAction.suppressed else \
         "revoked" if wide == ConsentAction.revoked else "open"
+    if status == "revoked" and under_suppression:
+        status = "suppressed"
     cells = []
     for t in topics:
         own = _topic_state(states.get(t), opt_out=opt_out)
+        if own == "pending" and t not in waiting:     # its link expired or went to an old address
+            own = "off"
         cells.append(Cell(topic=t, state=own if status == "open" else "off", topic_state=own))
     return ChannelView(channel=channel, opt_out=opt_out,
                        double_opt_in=not opt_out and rules.needs_confirmation(channel),
@@ -236,9 +253,14 @@ def load(*, session: Session, member_id: int, for_update: bool = False) -> Prefe
         ChannelName.sms: member.phone and _mask_phone(member.phone),
         ChannelName.whatsapp: member.phone and _mask_phone(member.phone)}
     keys = [t.key for t in topics]
-    channels = [_channel_view(c, states.get(c, {}), keys, rules=rules, address_hint=hints.get(c))
+    waiting = {c: open_topics(session=session, member_id=member_id, channel=c, address=address_of(member, c))
+               for c in OPT_IN_ORDER if any(v == ConsentAction.requested for v in states.get(c, {}).values())}
+    suppressed = _revoked_over_suppression(session, member_id, states)
+    channels = [_channel_view(c, states.get(c, {}), keys, rules=rules, address_hint=hints.get(c),
+                              waiting=waiting.get(c, set()), under_suppression=c in suppressed)
                 for c in OPT_IN_ORDER if reachable[c]]
-    channels += [_channel_view(c, states.get(c, {}), keys, rules=rules, address_hint=None) for c in OPT_OUT_ORDER]
+    channels += [_channel_view(c, states.get(c, {}), keys, rules=rules, address_hint=None, waiting=set(),
+                               under_suppression=c in suppressed) for c in OPT_OUT_ORDER]
     has_bot = session.scalar(select(ChannelAccount.id).where(ChannelAccount.program_id == program.id,
                                                             ChannelAccount.channel == ChannelName.telegram))
     quiet = (member.preferences or {}).get("quiet_hours") if isinstance(member.preferences, dict) else None
@@ -250,6 +272,23 @@ def load(*, session: Session, member_id: int, for_update: bool = False) -> Prefe
         telegram_linked=bool(member.telegram_chat_id),
         telegram_can_link=has_bot is not None and not member.telegram_chat_id,
         quiet_from=_hhmm(quiet.get("from")), quiet_to=_hhmm(quiet.get("to")))
+
+
+def _revoked_over_suppression(session: Session, member_id: int, states: Mapping[str, Mapping[str, str]]) -> set[str]:
+    """The channels revoked (``*``) whose last channel-wide act other than a revocation is a suppression: the
+    address still does not work, however often the member unsubscribed since."""
+    revoked = [c for c, st in states.items() if st.get(CHANNEL_WIDE) == ConsentAction.revoked]
+    if not revoked:
+        return set()
+    last: dict[str, str] = {}
+    for channel, action in session.execute(
+            select(ConsentRecord.channel, ConsentRecord.action).where(
+                ConsentRecord.member_id == member_id, ConsentRecord.topic == CHANNEL_WIDE,
+                ConsentRecord.channel.in_(revoked),  # type: ignore[attr-defined]
+                ConsentRecord.action != ConsentAction.revoked)
+            .order_by(ConsentRecord.at, ConsentRecord.id)):  # type: ignore[arg-type]
+        last[channel] = action
+    return {c for c, action in last.items() if action == ConsentAction.suppressed}
 
 
 def _hhmm(value: object) -> str | None:
@@ -358,8 +397,9 @@ def save(*, session: Session, view: PreferenceView, choices: Choices, proof: Pro
     sent: list[str] = []
     written = len(acts)
     for channel, topics in requests.items():
+        lifted = (ch := view.channel(channel)) is not None and ch.status == "revoked"   # asks again, see _plan
         if request_confirmation(session=session, program_id=view.program_id, member_id=view.member_id,
-                                channel=channel, topics=topics, proof=proof) is not None:
+                                channel=channel, topics=topics, proof=proof, ask_again=lifted) is not None:
             sent.append(channel)
             written += len(topics)
     _expire_requests(session, view.member_id, settled)
@@ -379,12 +419,19 @@ def save(*, session: Session, view: PreferenceView, choices: Choices, proof: Pro
 
 
 def unsubscribe_all(*, session: Session, view: PreferenceView, proof: Proof) -> int:
-    """``*`` revoked on every channel not revoked yet, and no pending confirmation left. The caller commits."""
+    """``*`` revoked on every channel not revoked or suppressed yet (a suppression is kept: revoking over it
+    would let a later tick lift it), every topic waiting for confirmation revoked, and no pending
+    confirmation left. The caller commits."""
     current = dict(session.execute(
         select(ConsentState.channel, ConsentState.status)
         .where(ConsentState.member_id == view.member_id, ConsentState.topic == CHANNEL_WIDE)).all())
     acts = [_act(view, c, CHANNEL_WIDE, ConsentAction.revoked, proof)
-            for c in ChannelName if current.get(c) != ConsentAction.revoked]
+            for c in ChannelName if current.get(c) not in (ConsentAction.revoked, ConsentAction.suppressed)]
+    acts += [_act(view, channel, topic, ConsentAction.revoked, proof) for channel, topic in session.execute(
+        select(ConsentState.channel, ConsentState.topic).where(
+            ConsentState.member_id == view.member_id, ConsentState.topic != CHANNEL_WIDE,
+            ConsentState.status == ConsentAction.requested)
+        .order_by(ConsentState.channel, ConsentState.topic))]
     ledger.record(session=session, program_id=view.program_id, acts=acts)
     _expire_requests(session, view.member_id)
     return len(acts)

@@ -52,7 +52,9 @@ def _find(engine, signer, token: str) -> tuple[Confirmation, Program, Member] | 
 def _wording(program: Program, lang: str) -> tuple[str, str, str]:
     """(text shown, version, SHA-256 of the text)."""
     w = program_rules(program.settings).consent_wording
-    text = (localized(w.text, lang) or "").format(program=program.name)
+    # as the preference center fills it in (consent.preferences.load): braces in the wording are text, and the
+    # same wording hashes the same on both pages
+    text = (localized(w.text, lang) or "").replace("{program}", program.name)
     return text, w.version, hashlib.sha256(text.encode()).hexdigest()
 
 
