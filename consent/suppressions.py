@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlmodel import Session
 
 from consent import ledger
@@ -54,8 +54,8 @@ def suppress(*, session: Session, program_id: int, items: list[SuppressionIn]) -
         q = select(Member.id).where(Member.program_id == program_id, Member.erased_at.is_(None))  # type: ignore[union-attr]
         if item.external_id:
             q = q.where(Member.external_id == item.external_id)
-        elif item.channel == "email":
-            q = q.where(Member.email == (item.address or "").strip().lower())
+        elif item.channel == "email":   # stored as the member gave it (the local part keeps its case)
+            q = q.where(func.lower(Member.email) == (item.address or "").strip().lower())
         else:
             q = q.where(Member.phone == (item.address or "").strip())
         member_ids = list(session.scalars(q))
