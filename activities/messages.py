@@ -4,6 +4,10 @@ its cost. Used by the delivery activities; no I/O beyond the (cached) template l
 Email carries the one-click unsubscribe link (RFC 8058 headers); SMS its segment count, which its cost
 is multiplied by; WhatsApp the approved template for outside the 24 h window; push its title, image and
 deep link; Telegram its URL buttons; the receipt, inbox and letter their heading, coupon and expiry.
+
+Links are tracked here (``analytics.links``): email HTML and text, Telegram's text and buttons, the push
+and inbox link go through the click redirect, and email gets the open pixel. A preview (delivery id 0, no
+delivery row) keeps its links as written.
 """
 
 from __future__ import annotations
@@ -12,10 +16,17 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from analytics.links import Tracker, personal_words
 from campaigns.costs import message_cost
 from channels.base import Button, OutboundMessage
 from channels.sms_text import sms_segments
-from consent.tokens import PREFERENCES, PREFERENCES_TTL_S, UNSUBSCRIBE, UNSUBSCRIBE_TTL_S, Signer
+from consent.tokens import (
+    PREFERENCES,
+    PREFERENCES_TTL_S,
+    UNSUBSCRIBE,
+    UNSUBSCRIBE_TTL_S,
+    Signer,
+)
 from templates.render import Renderer
 
 
@@ -56,6 +67,10 @@ class CampaignInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# channels whose links are tracked; SMS, WhatsApp, receipt and direct mail are not (see analytics.links)
+TRACKED = frozenset({"email", "telegram", "push", "inbox"})
+
+
 class MessageBuilder:
     def __init__(self, *, renderer: Renderer, signer: Signer, base_url: str, unsubscribe_mailto: str) -> None:
         self._renderer = renderer
@@ -72,6 +87,13 @@ class MessageBuilder:
         """The member's preference center (sealed link: nothing readable in it)."""
         return f"{self._base_url}/p/{self._signer.sign(PREFERENCES, {'m': member_id}, ttl_s=PREFERENCES_TTL_S)}"
 
+    def _tracker(self, t: Target) -> Tracker:
+        """Link labels leave out the member's names and mailbox name (a link's text may greet them)."""
+        member = t.context.get("member") or {}
+        mailbox = t.address.split("@", 1)[0] if "@" in t.address else None
+        personal = personal_words((member.get("first_name"), member.get("last_name"), mailbox))
+        return Tracker(self._signer, self._base_url, t.delivery_id, personal)
+
     def build(self, c: CampaignInfo, t: Target) -> tuple[OutboundMessage, Decimal]:
         """The message and what it costs. Raises templates.render.TemplateProblem."""
         url, token = self.unsubscribe_url(t.delivery_id)
@@ -79,11 +101,15 @@ class MessageBuilder:
         context = {"time_zone": c.program.get("time_zone"), **t.context, "program": c.program,
                    "campaign": {"key": c.key, "name": c.name},
                    "unsubscribe_url": url, "preferences_url": self.preferences_url(t.member_id)}
+        track = self._tracker(t) if t.delivery_id > 0 and t.channel in TRACKED else None
         if t.channel == "email":
             rendered = self._renderer.render_email(template, t.locale, context, version)
+            html, text = rendered.html, rendered.text
+            if track is not None:
+                html, text = track.email_html(html), track.text(text)
             msg = OutboundMessage(
-                delivery_id=t.delivery_id, to=t.address, subject=rendered.subject, text=rendered.text,
-                html=rendered.html, message_id=f"<d{t.delivery_id}.c{c.id}@{self._domain}>",
+                delivery_id=t.delivery_id, to=t.address, subject=rendered.subject, text=text,
+                html=html, message_id=f"<d{t.delivery_id}.c{c.id}@{self._domain}>",
                 headers={
                     "List-Unsubscribe": f"<{url}>, <mailto:{self._mailto}?subject=unsubscribe%20{token}>",
                     "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
@@ -93,9 +119,14 @@ class MessageBuilder:
             return msg, message_cost("email", c.costs)
         r = self._renderer.render(template, t.channel, t.locale, context, version)
         data = {"campaign": c.key, "delivery": str(t.delivery_id)} if t.channel == "push" else {}
+        text, link, buttons = r.text, r.link, [(b, u) for b, u in r.buttons if b and u]
+        if track is not None:
+            if t.channel == "telegram":
+                text, buttons = track.html(text), track.buttons(buttons)
+            link = track.link(link)
         msg = OutboundMessage(
-            delivery_id=t.delivery_id, to=t.address, text=r.text, title=r.title, image_url=r.image,
-            link=r.link, data=data, buttons=tuple(Button(text, u) for text, u in r.buttons if text and u),
+            delivery_id=t.delivery_id, to=t.address, text=text, title=r.title, image_url=r.image,
+            link=link, data=data, buttons=tuple(Button(b, u) for b, u in buttons),
             content_sid=r.content_sid, content_variables=r.content_variables or {},
             session_open=t.session_open, coupon=r.coupon, member_id=t.member_id, campaign_id=c.id,
             program_id=c.program_id, expires_at=c.expires_at, locale=t.locale,

@@ -91,3 +91,6 @@ PREFERENCES = "prefs"
 PREFERENCES_TTL_S = 400 * 24 * 3600
 CONFIRM_EMAIL = "confirm-email"
 CONFIRM_EMAIL_TTL_S = 7 * 24 * 3600   # a double opt-in link expires after a week
+TRACK_OPEN = "open"                   # the open pixel of a delivery (analytics.links)
+TRACK_CLICK = "click"                 # a tracked link: delivery, original URL, link label
+TRACK_TTL_S = 400 * 24 * 3600         # as long as the unsubscribe link of the same message

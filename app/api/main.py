@@ -13,6 +13,7 @@ from app.api import (
     campaigns,
     channels,
     confirm,
+    dashboard,
     events,
     inbox,
     member_rights,
@@ -24,6 +25,7 @@ from app.api import (
     suppressions,
     templates,
     templates_import,
+    tracking,
     unsubscribe,
     webhooks,
 )
@@ -69,6 +71,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None, client: Clie
     app.include_router(suppressions.router)
     app.include_router(templates.router)
     app.include_router(templates_import.router)
+    app.include_router(tracking.router)
+    app.include_router(dashboard.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

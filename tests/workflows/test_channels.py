@@ -22,8 +22,11 @@ from sqlmodel import Session
 from temporalio import activity
 
 from activities.delivery import DeliveryActivities
+from app.settings import Settings
+from app.worker import signer
 from channels.account_store import set_account
 from consent import ledger
+from consent.tokens import TRACK_CLICK
 from storage.db import session_scope
 from storage.tables import (
     Card,
@@ -47,6 +50,13 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SID, TOKEN = "AC" + "3" * 32, "tw-token"
 NO_QUIET = {"quiet_hours": {c: None for c in ("sms", "whatsapp", "telegram", "push")}}
+
+
+def tracked_target(url: str) -> str:
+    """The URL a tracked link (the click redirect, analytics.links) sends to, unsealed as the redirect does."""
+    base, token = url.split("/t/c/", 1)
+    assert base == Settings().base_url.rstrip("/")
+    return signer(Settings()).verify(TRACK_CLICK, token)["u"]
 
 
 @pytest.fixture
@@ -137,7 +147,7 @@ async def test_each_member_gets_the_first_channel_they_allow_and_can_be_reached_
     assert smtp_server.recipients() == ["m3@test.example"]
     [push] = [r.json["message"] for r in fcm.requests if r.path.endswith("messages:send")]
     assert push["notification"]["title"] == "500 bonus points this weekend"
-    assert push["data"]["link"] == "https://app.clarion.example/offers/weekend"
+    assert tracked_target(push["data"]["link"]) == "https://app.clarion.example/offers/weekend"
     assert twilio.requests[0].form["Body"].startswith("Shop & Co: 500 bonus points")
     assert result.counts.sent == 3 and result.counts.suppressed == 1
 
@@ -377,8 +387,9 @@ async def test_telegram_gets_the_html_message_with_its_link_button(workers, engi
     [req] = telegram.calls("sendMessage")
     assert req.token == BOT_TOKEN and str(req.params["chat_id"]) == "5550001"
     assert req.params["parse_mode"] == "HTML" and req.params["text"].startswith("<b>Name1, 500 bonus points")
-    assert req.json_param("reply_markup") == {"inline_keyboard": [[
-        {"text": "See the offer", "url": "https://shop.clarion.example/weekend"}]]}
+    [[button]] = req.json_param("reply_markup")["inline_keyboard"]
+    assert button["text"] == "See the offer"
+    assert tracked_target(button["url"]) == "https://shop.clarion.example/weekend"
 
 
 async def test_a_member_who_blocked_the_bot_is_cut_off_on_telegram_and_gets_email(
