@@ -14,16 +14,15 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlmodel import Session
 
+from analytics import responses
 from consent import ledger
 from consent.policy import CHANNEL_WIDE
-from storage.db import insert_ignore
 from storage.tables import (
     Campaign,
     ConsentAction,
     ConsentSource,
     Delivery,
     Member,
-    Response,
     ResponseKind,
     utcnow,
 )
@@ -69,14 +68,12 @@ def suppress(*, session: Session, program_id: int, items: list[SuppressionIn]) -
             ledger.ConsentAct(member_id=m, channel=item.channel, topic=CHANNEL_WIDE,
                               action=ConsentAction.suppressed, source=REASONS[item.reason]) for m in fresh]))
         if item.reason == "complaint" and item.message_id:
-            delivery_id = session.scalar(
-                select(Delivery.id).join(Campaign, Campaign.id == Delivery.campaign_id)
+            found = session.execute(
+                select(Delivery.id, Delivery.campaign_id).join(Campaign, Campaign.id == Delivery.campaign_id)
                 .where(Campaign.program_id == program_id, Delivery.provider_message_id == item.message_id,
-                       Delivery.member_id.in_(member_ids)))  # type: ignore[attr-defined]
-            if delivery_id is not None:
-                done = session.execute(insert_ignore(session, Response.__table__, ["provider_event_id"])
-                                       .returning(Response.__table__.c.id), [{
-                                           "delivery_id": delivery_id, "kind": ResponseKind.complained,
-                                           "at": utcnow(), "provider_event_id": f"complaint:{item.message_id}"}])
-                result.responses += len(done.all())
+                       Delivery.member_id.in_(member_ids))).first()  # type: ignore[attr-defined]
+            if found is not None and responses.record(
+                    session, delivery_id=found.id, kind=ResponseKind.complained, at=utcnow(),
+                    event_id=f"complaint:{item.message_id}", campaign_id=found.campaign_id):
+                result.responses += 1
     return result

@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlmodel import Session
 
+from analytics import responses
 from app.api.main import create_app
 from app.keys import create_key
 from app.settings import Settings
@@ -96,9 +97,11 @@ def test_bounces_and_complaints_reported_later_suppress_the_address(site, engine
         states = {(x.member_id, x.topic): (x.status) for x in s.scalars(select(ConsentState).where(
             ConsentState.channel == "email", ConsentState.topic == "*"))}
         sources = sorted(x.source for x in s.scalars(select(ConsentRecord).where(ConsentRecord.action == "suppressed")))
-        kinds = [x.kind for x in s.scalars(select(Response).where(Response.delivery_id == did))]
+        kinds = [(x.kind, x.campaign_id) for x in s.scalars(select(Response).where(Response.delivery_id == did))]
+        delivery = s.get(Delivery, did)
     assert states == {(1, "*"): "suppressed", (2, "*"): "suppressed"}
-    assert sources == ["bounce", "complaint"] and kinds == ["complained"]
+    assert sources == ["bounce", "complaint"] and kinds == [("complained", delivery.campaign_id)]
+    assert delivery.response_flags == responses.COMPLAINED      # the report counts it
 
 
 def test_a_suppression_must_name_the_member_and_a_known_reason(site):
