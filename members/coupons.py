@@ -4,6 +4,13 @@ A template that says ``coupon_pool: NAME`` in its ``template.yaml`` gets ``{{ co
 from that pool, drawn the first time and the same ever after (unique per program, pool and member), so a
 retried page, a follow-up or another campaign on the same pool shows the member the same code.
 
+A code's states: free (no member, ``assigned_at`` null) → given (member and ``assigned_at``) → given to an
+erased member (no member, ``assigned_at`` is ``ERASED_ASSIGNED_AT``). A given code is never free again: it
+went out in a message, and the till redeems it against the POS's or partner's own list, which Clarion does
+not keep (nothing here looks a code up to redeem it). So erasure (``members.rights``) keeps the code
+consumed and drops only what ties it to the person: the member and the time it was drawn (a time that
+matches the erased member's deliveries would tie it back).
+
 Two draws for one member can race: two workers with pages of the same member, or a retried activity whose
 first attempt still runs. They take turns per member (PostgreSQL: a transaction-scoped advisory lock per
 member, taken in id order; SQLite: the database's write lock, taken by the draw's first statement), so the
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Engine
@@ -27,6 +34,7 @@ from storage.db import insert_ignore, session_scope
 from storage.tables import CouponCode, utcnow
 
 MAX_CODE = 64
+ERASED_ASSIGNED_AT = datetime(1970, 1, 1, tzinfo=UTC)   # given, to a member since erased: no real time
 _LOCK_SPACE = 0x436F7570          # "Coup": the first key of the per-member advisory locks (PostgreSQL)
 _PASSES = 4                       # a pass draws for each member still without a code; a lost race costs one more
 
@@ -61,15 +69,16 @@ def load_codes(*, engine: Engine, program_id: int, pool: str, codes: Iterable[st
 
 
 def pool_status(*, session: Session, program_id: int, pool: str) -> tuple[int, int]:
-    """(codes in the pool, codes given)."""
-    total, given = session.execute(select(func.count(), func.count(CouponCode.member_id)).where(
+    """(codes in the pool, codes given): a code given stays given, also once its member was erased."""
+    total, given = session.execute(select(func.count(), func.count(CouponCode.assigned_at)).where(
         CouponCode.program_id == program_id, CouponCode.pool == pool)).one()
     return int(total), int(given)
 
 
 def _take_turns(session: Session, member_ids: Sequence[int]) -> bool:
-    """Wait for the draws of these members in other transactions to end; until this one ends, they wait
-    for it. True on PostgreSQL (the free codes are then locked as they are read, SQLite needs no more)."""
+    """Wait for the draws and erasures of these members in other transactions to end; until this one ends,
+    they wait for it. True on PostgreSQL (the free codes are then locked as they are read, SQLite needs no
+    more)."""
     if session.get_bind().dialect.name != "postgresql":
         # SQLite: the write lock now, before anything is read (a no-op when the transaction holds it already)
         session.execute(update(CouponCode).where(CouponCode.id == -1).values(member_id=CouponCode.member_id))
@@ -97,7 +106,8 @@ def _give(session: Session, pairs: list[tuple[int, int]], now: datetime, *, save
         with session.begin_nested() if savepoint else nullcontext():
             for code_id, member_id in pairs:
                 if session.execute(update(CouponCode).where(
-                        CouponCode.id == code_id, CouponCode.member_id.is_(None))  # type: ignore[union-attr, arg-type]
+                        CouponCode.id == code_id, CouponCode.member_id.is_(None),  # type: ignore[union-attr, arg-type]
+                        CouponCode.assigned_at.is_(None))  # type: ignore[union-attr]
                         .values(member_id=member_id, assigned_at=now)).rowcount:
                     done[member_id] = code_id
     except IntegrityError:
@@ -122,7 +132,7 @@ def assign_codes(*, session: Session, program_id: int, pool: str, member_ids: Se
             break
         free_q = (select(CouponCode.id, CouponCode.code).where(
             CouponCode.program_id == program_id, CouponCode.pool == pool,
-            CouponCode.member_id.is_(None))  # type: ignore[union-attr]
+            CouponCode.member_id.is_(None), CouponCode.assigned_at.is_(None))  # type: ignore[union-attr]
             .order_by(CouponCode.id).limit(len(need)))
         if pg:   # codes another draw is giving right now are skipped, not waited for
             free_q = free_q.with_for_update(skip_locked=True)
@@ -136,3 +146,11 @@ def assign_codes(*, session: Session, program_id: int, pool: str, member_ids: Se
             have |= {member_id: free[code_id] for member_id, code_id in done.items()}
         need = [m for m in need if m not in have]
     return have
+
+
+def unlink_member(*, session: Session, member_id: int) -> int:
+    """The member's codes (every pool) stay given but no longer name the member nor when they were drawn
+    (erasure). Waits for a draw of the member in flight. The caller's transaction; the codes unlinked."""
+    _take_turns(session, [member_id])
+    return session.execute(update(CouponCode).where(CouponCode.member_id == member_id)
+                           .values(member_id=None, assigned_at=ERASED_ASSIGNED_AT)).rowcount

@@ -16,7 +16,8 @@ one is). Times are ISO 8601 in UTC, amounts are decimal strings, lists are in th
     consent            {state: [{channel, topic, status, since}],
                         ledger: [{at, channel, topic, action, source, wording_version, text_hash, ip,
                                   user_agent, campaign}]}
-    confirmations      [{channel, address, topics, status, requested_at, sent_at, confirmed_at}]
+    confirmations      [{channel, address, topics, status, requested_at, sent_at, confirmed_at,
+                         provider_message_id}]                    (double opt-in requests, with their address)
     links              [{channel, topics, created_at, expires_at, used_at}]    (the token is never stored)
     events             [{id, type, occurred_at, received_at, payload}]
     deliveries         [{id, campaign, step, occurrence, channel, status, reason, error_code, locale, variant,
@@ -24,6 +25,7 @@ one is). Times are ISO 8601 in UTC, amounts are decimal strings, lists are in th
     stored_messages    [{delivery_id, campaign, channel, title, body, link, coupon, locale, data, state,
                          receipt_number, batch, created_at, expires_at}]
     sandbox_requests   [{delivery_id, channel, provider, method, url, headers, body, created_at}]
+    coupons            [{pool, code, assigned_at}]                 (unique codes drawn for the member)
 
 Erasure keeps what the figures are made of and removes what identifies the person:
 
@@ -35,11 +37,18 @@ Erasure keeps what the figures are made of and removes what identifies the perso
 - deleted: cards, push tokens, member links, the sandbox's recorded requests for the member's deliveries
   (and unfiled ones, such as double opt-in confirmations, that name one of the member's addresses).
 - kept, scrubbed: consent ledger rows (proof that consent existed and was withdrawn) without ip and user
-  agent; confirmations without the address (unconfirmed ones expire: their link confirms nothing); stored messages (receipt, inbox, letters)
+  agent; double opt-in requests (confirmations) without the address (the only personal value they hold;
+  channel, topics and times stay), open ones expired (a pending one is never sent, claimed only while still
+  pending, and no link confirms anything); stored messages (receipt, inbox, letters)
   without title, body, link, coupon, address, till and receipt number (pending ones expire); event payloads
   down to ``amount`` and ``currency`` (revenue and conversions; store, items and receipt numbers are a trail
   of where and what the person bought); provider message ids that embed an address (Telegram's
   ``chat:message``) get ``erased`` in its place.
+- kept, unlinked: coupon codes drawn for the member stay given (never drawn for anyone else: the code went
+  out in a message, and the till may still take it, checking it against the POS's or partner's own list,
+  which needs nothing from Clarion) but name no member and no draw time any more (``members.coupons``:
+  the time matched the member's deliveries). A partner's record of who redeemed a code (a card) can no
+  longer be joined to what is kept here. A draw of the member's in flight finishes first.
 - kept as they are: deliveries and responses (the member id is an opaque number now), so every campaign
   report is identical before and after.
 - added: one ``revoked`` ledger row per channel for the whole channel (topic ``*``, source ``api``): nothing
@@ -67,6 +76,7 @@ from sqlmodel import Session
 
 from consent import ledger
 from consent.policy import CHANNEL_WIDE
+from members import coupons
 from members.service import get_program
 from storage.db import session_scope
 from storage.tables import (
@@ -78,6 +88,7 @@ from storage.tables import (
     ConsentRecord,
     ConsentSource,
     ConsentState,
+    CouponCode,
     Delivery,
     Event,
     Member,
@@ -179,6 +190,7 @@ class ConfirmationOut(BaseModel):
     requested_at: datetime
     sent_at: datetime | None
     confirmed_at: datetime | None
+    provider_message_id: str | None
 
 
 class LinkOut(BaseModel):
@@ -250,6 +262,12 @@ class SandboxRequestOut(BaseModel):
     created_at: datetime
 
 
+class CouponOut(BaseModel):
+    pool: str
+    code: str
+    assigned_at: datetime | None
+
+
 class MemberExport(BaseModel):
     """Everything Clarion holds about one member (see the module docstring of ``members.rights``)."""
 
@@ -267,6 +285,7 @@ class MemberExport(BaseModel):
     deliveries: list[DeliveryOut]
     stored_messages: list[StoredMessageOut]
     sandbox_requests: list[SandboxRequestOut]
+    coupons: list[CouponOut]
 
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
@@ -379,7 +398,7 @@ def export_member(*, engine: Engine, program: str, external_id: str, now: dateti
                         for r in records]),
             confirmations=[ConfirmationOut(channel=c.channel, address=c.address, topics=list(c.topics),
                                            status=c.status, requested_at=t(c.requested_at), sent_at=t(c.sent_at),  # type: ignore[arg-type]
-                                           confirmed_at=t(c.confirmed_at))
+                                           confirmed_at=t(c.confirmed_at), provider_message_id=c.provider_message_id)
                            for c in s.scalars(select(Confirmation).where(Confirmation.member_id == mid)
                                               .order_by(Confirmation.id))],  # type: ignore[arg-type]
             links=[LinkOut(channel=x.channel, topics=list(x.topics), created_at=t(x.created_at),  # type: ignore[arg-type]
@@ -404,6 +423,9 @@ def export_member(*, engine: Engine, program: str, external_id: str, now: dateti
             sandbox_requests=[SandboxRequestOut(
                 delivery_id=x.delivery_id, channel=x.channel, provider=x.provider, method=x.method, url=x.url,
                 headers=x.headers, body=x.body, created_at=t(x.created_at)) for x in sandbox],  # type: ignore[arg-type]
+            coupons=[CouponOut(pool=c.pool, code=c.code, assigned_at=t(c.assigned_at))
+                     for c in s.scalars(select(CouponCode).where(CouponCode.member_id == mid)
+                                        .order_by(CouponCode.assigned_at, CouponCode.id))],  # type: ignore[arg-type]
         )
 
 
@@ -444,6 +466,7 @@ def erase_member(*, engine: Engine, program: str, external_id: str, now: datetim
         s.execute(delete(SandboxMessage).where(_sandbox_rows(prog.id or 0, m, addresses)))
         for table in (PushToken, Card, MemberLink):
             s.execute(delete(table).where(table.member_id == mid))  # type: ignore[attr-defined]
+        coupons.unlink_member(session=s, member_id=mid)
 
         s.execute(update(Confirmation).where(Confirmation.member_id == mid,   # its link can never be used now
                                              Confirmation.status.in_(_OPEN_CONFIRMATIONS))  # type: ignore[attr-defined]

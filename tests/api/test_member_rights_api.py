@@ -23,7 +23,8 @@ from tests.conftest import free_port
 
 EMAIL = "anna.petrova@example.org"
 TOP_LEVEL = ["schema", "schema_version", "generated_at", "program", "member", "cards", "push_devices", "consent",
-             "confirmations", "links", "events", "deliveries", "stored_messages", "sandbox_requests"]
+             "confirmations", "links", "events", "deliveries", "stored_messages", "sandbox_requests",
+             "coupons"]
 
 
 def seed(engine) -> None:

@@ -4,8 +4,9 @@ any table, while every campaign figure is what it was.
 
 The member's data is put where a real run puts it: the member upsert (profile, address, card, consents),
 the consent ledger with the proof of a web form (ip, user agent), a double opt-in request, a Telegram link,
-a purchase event, and messages sent through the channel registry (SMS, Telegram and push into the sandbox,
-an inbox message and a letter into stored messages) with a provider status report and a conversion."""
+a purchase event, a coupon code drawn for the member, and messages sent through the channel registry (SMS,
+Telegram and push into the sandbox, an inbox message and a letter into stored messages) with a provider status
+report and a conversion."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -36,6 +38,7 @@ from consent import ledger
 from consent.confirmations import Proof, confirm, request_confirmation
 from consent.links import create_link
 from consent.policy import decide
+from members.coupons import ERASED_ASSIGNED_AT, assign_codes, load_codes, pool_status
 from members.events import ingest_events
 from members.profile import MemberIn
 from members.rights import MemberNotFound, erase_member, export_member
@@ -47,6 +50,7 @@ from storage.tables import (
     ConsentAction,
     ConsentRecord,
     ConsentSource,
+    CouponCode,
     Delivery,
     Member,
     PushToken,
@@ -163,6 +167,12 @@ async def world(any_db_url: str):
     with session_scope(engine) as s:   # another member's delivery in the same campaign
         s.add(Delivery(campaign_id=campaign_id, member_id=oid, status="delivered", channel="email", locale="en",
                        cost=Decimal("0.0010"), provider_message_id="<d9.c1@clarion.test>"))
+    load_codes(engine=engine, program_id=program_id, pool="xmas", codes=["XMAS-001", "XMAS-002", "XMAS-003"])
+    with session_scope(engine) as s:
+        s.execute(update(Confirmation).where(Confirmation.member_id == mid)
+                  .values(provider_message_id="<confirm-1@clarion.test>"))
+        assert assign_codes(session=s, program_id=program_id, pool="xmas", member_ids=[mid, oid]) == {
+            mid: "XMAS-001", oid: "XMAS-002"}
     yield World(engine, program_id, campaign_id, mid, oid)
     engine.dispose()
 
@@ -202,7 +212,7 @@ def test_export_holds_the_profile_consent_proofs_events_deliveries_and_messages(
     assert (x["schema"], x["schema_version"]) == ("clarion.member-export", 1)
     assert list(x) == ["schema", "schema_version", "generated_at", "program", "member", "cards", "push_devices",
                        "consent", "confirmations", "links", "events", "deliveries", "stored_messages",
-                       "sandbox_requests"]
+                       "sandbox_requests", "coupons"]
     m = x["member"]
     assert (m["email"], m["phone"], m["telegram_chat_id"], m["erased_at"]) == (
         "Zina.Krestovskaya@example.org", PHONE, CHAT, None)
@@ -212,7 +222,10 @@ def test_export_holds_the_profile_consent_proofs_events_deliveries_and_messages(
     assert (proof["ip"], proof["user_agent"], proof["wording_version"], proof["source"]) == (IP, UA, "v3", "web")
     assert {(c["channel"], c["topic"], c["status"]) for c in x["consent"]["state"]} >= {
         ("email", "promotions", "granted"), ("email", "news", "requested"), ("telegram", "promotions", "granted")}
-    assert x["confirmations"][0]["address"] == EMAIL and x["links"][0]["channel"] == "telegram"
+    assert [(c["channel"], c["address"], c["topics"], c["status"], c["provider_message_id"])
+            for c in x["confirmations"]] == [("email", EMAIL, ["news"], "pending", "<confirm-1@clarion.test>")]
+    assert x["links"][0]["channel"] == "telegram"
+    assert [(c["pool"], c["code"], bool(c["assigned_at"])) for c in x["coupons"]] == [("xmas", "XMAS-001", True)]
     assert x["events"][0]["payload"]["receipt_number"] == RECEIPT_NO
     by_channel = {d["channel"]: d for d in x["deliveries"]}
     assert set(by_channel) == {"sms", "telegram", "push", "inbox", "direct_mail"}
@@ -227,6 +240,7 @@ def test_export_holds_the_profile_consent_proofs_events_deliveries_and_messages(
     other = export_member(engine=world.engine, program="shop", external_id="M000001")
     assert other.deliveries[0].provider_message_id == "<d9.c1@clarion.test>"
     assert [r.body for r in other.sandbox_requests] == ["To=m1%40test.example&Body=Confirm+your+number"]
+    assert [c.code for c in other.coupons] == ["XMAS-002"]
 
 
 def test_unknown_member_is_not_found_naming_the_external_id(world):
@@ -282,8 +296,77 @@ def test_erasure_keeps_the_de_identified_facts_and_says_when(world):
     telegram = next(d for d in x.deliveries if d.channel == "telegram")
     assert telegram.provider_message_id.startswith("erased:")
     assert [r.kind for d in x.deliveries for r in d.responses] == ["delivered", "converted"]
+    assert x.coupons == []
     with Session(world.engine) as s:
         assert s.scalar(select(func.count()).select_from(Member).where(Member.external_id == "A1")) == 0
+
+
+def test_an_erased_members_coupon_code_stays_given_but_names_nobody_and_no_time(world):
+    with Session(world.engine) as s:
+        drawn = s.scalar(select(CouponCode.assigned_at).where(CouponCode.code == "XMAS-001"))
+    erase_member(engine=world.engine, program="shop", external_id="A1")
+    with Session(world.engine) as s:
+        rows = {c.code: c for c in s.scalars(select(CouponCode))}
+        assert pool_status(session=s, program_id=world.program_id, pool="xmas") == (3, 2)
+    assert rows["XMAS-001"].member_id is None and rows["XMAS-001"].assigned_at != drawn
+    assert rows["XMAS-001"].assigned_at.replace(tzinfo=UTC) == ERASED_ASSIGNED_AT
+    assert (rows["XMAS-002"].member_id, rows["XMAS-003"].member_id) == (world.other_id, None)
+    with Session(world.engine) as s:    # nothing in the database ties a code to the erased member now
+        assert s.scalar(select(func.count()).select_from(CouponCode).where(
+            CouponCode.member_id == world.member_id)) == 0
+    new_id = seed_members(world.engine, 2, start=50) and _member_id(world.engine, "M000050")
+    with session_scope(world.engine) as s:   # never drawn again: the next member gets the last free code
+        assert assign_codes(session=s, program_id=world.program_id, pool="xmas", member_ids=[new_id]) == {
+            new_id: "XMAS-003"}
+        other = _member_id(world.engine, "M000051")
+        assert assign_codes(session=s, program_id=world.program_id, pool="xmas", member_ids=[other]) == {}
+
+
+def test_a_coupon_draw_in_flight_at_erasure_is_unlinked_too(world):
+    """A page drawing the member's code (another pool) when the erasure comes: the erasure waits for it and
+    unlinks that code as well (PostgreSQL: the draw's per-member lock; SQLite: the draw's write lock)."""
+    load_codes(engine=world.engine, program_id=world.program_id, pool="summer", codes=["SUN-1", "SUN-2"])
+    done: list[Any] = []
+    with session_scope(world.engine) as s:
+        assert assign_codes(session=s, program_id=world.program_id, pool="summer",
+                            member_ids=[world.member_id]) == {world.member_id: "SUN-1"}
+        eraser = threading.Thread(target=lambda: done.append(
+            erase_member(engine=world.engine, program="shop", external_id="A1")))
+        eraser.start()
+        eraser.join(timeout=0.5)
+        assert eraser.is_alive() and not done        # waits for the draw's transaction
+    eraser.join(timeout=60)
+    assert done
+    with Session(world.engine) as s:
+        assert sorted(s.execute(select(CouponCode.code, CouponCode.member_id).where(
+            CouponCode.code.in_(["SUN-1", "XMAS-001"]))).all()) == [("SUN-1", None), ("XMAS-001", None)]
+
+
+def _member_id(engine: Engine, external_id: str) -> int:
+    with Session(engine) as s:
+        return s.scalar(select(Member.id).where(Member.external_id == external_id)) or 0
+
+
+def test_an_erased_members_pending_double_opt_in_is_never_sent(world, tmp_path, smtp_server):
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.confirmations import ConfirmationActivities
+    from app.settings import Settings
+    from app.worker import channel_registry, signer
+    from templates.render import Renderer
+    from workflows.contracts import SendConfirmations
+
+    erase_member(engine=world.engine, program="shop", external_id="A1")
+    settings = Settings(var_dir=tmp_path, smtp_host=smtp_server.host, smtp_port=smtp_server.port,
+                        public_base_url="https://clarion.example")
+    acts = ConfirmationActivities(engine=world.engine, registry=channel_registry(settings, world.engine),
+                                  renderer=Renderer(), signer=signer(settings), base_url=settings.base_url,
+                                  message_id_domain="clarion.example")
+    result = asyncio.run(ActivityEnvironment().run(acts.send_confirmations, SendConfirmations()))
+    assert (result.sent, result.in_doubt, smtp_server.recipients()) == (0, 0, [])
+    with Session(world.engine) as s:
+        assert s.execute(select(Confirmation.status, Confirmation.address, Confirmation.sent_at)).all() == [
+            ("expired", None, None)]
 
 
 def test_erased_member_is_never_sent_anything_again(world):
