@@ -7,7 +7,8 @@ this order; the first that matches wins:
                      clients and browsers GET it.
 ``too_soon``         an open within ``OPEN_WINDOW_S`` or a click within ``CLICK_WINDOW_S`` of sending: the
                      receiving server's scanner fetched it on arrival (Microsoft Defender Safe Links, for one,
-                     checks URLs before the message is delivered); nobody reads that fast.
+                     checks URLs before the message is delivered); nobody reads that fast. Email only (the
+                     caller passes no time for push, Telegram and inbox, which people tap at once).
 ``no_user_agent``    no User-Agent at all: every mail client and browser sends one.
 ``apple_mpp``        Apple Mail Privacy Protection: the proxy fetches every remote image when the message
                      arrives, opened or not, with the bare User-Agent ``Mozilla/5.0`` (ua-parser/uap-core#509),

@@ -58,7 +58,9 @@ def _read(signer: Signer, purpose: str, token: str) -> dict | None:
 
 
 def _seconds_since_sent(row, now: datetime) -> float | None:
-    """How long after sending this request came; 0 while the message is still being sent."""
+    """How long after sending this request came; 0 while the message is still being sent. Asked for email
+    only: a mail server's scanner fetches on arrival, while a push, Telegram or inbox message is often tapped
+    within seconds by its reader."""
     if row.sent_at is None:
         return 0.0 if row.status == DeliveryStatus.sending else None
     sent = row.sent_at if row.sent_at.tzinfo else row.sent_at.replace(tzinfo=UTC)
@@ -70,13 +72,13 @@ def _record(engine: Engine, request: Request, *, delivery_id: int, kind: machine
     """Record the open or click (a person's or a machine's) once; nothing when the delivery is gone."""
     now = utcnow()
     with Session(engine) as s:
-        row = s.execute(select(Delivery.id, Delivery.campaign_id, Delivery.status, Delivery.sent_at)
+        row = s.execute(select(Delivery.id, Delivery.campaign_id, Delivery.status, Delivery.sent_at, Delivery.channel)
                         .where(Delivery.id == delivery_id)).first()  # type: ignore[arg-type]
     if row is None:
         return
     reason = machine.classify(request.method, request.headers.get("user-agent"),
                               request.client.host if request.client else None,
-                              _seconds_since_sent(row, now), kind)
+                              _seconds_since_sent(row, now) if row.channel == "email" else None, kind)
     if kind == "open":
         response_kind = ResponseKind.opened_machine if reason else ResponseKind.opened
         event_id = f"open-m:{delivery_id}" if reason else f"open:{delivery_id}"

@@ -71,11 +71,11 @@ class Site:
 
 
 def make_site(engine, tmp_path, *, sent_ago: timedelta = timedelta(hours=1),
-              client_ip: str = "203.0.113.9"):
+              client_ip: str = "203.0.113.9", channel: str = "email"):
     program = seed_members(engine, 2)
     cid = make_campaign(engine, program)
     with session_scope(engine) as s:
-        d = Delivery(campaign_id=cid, member_id=1, status="sent", channel="email", locale="en",
+        d = Delivery(campaign_id=cid, member_id=1, status="sent", channel=channel, locale="en",
                      sent_at=utcnow() - sent_ago)
         s.add(d)
         s.flush()
@@ -133,6 +133,15 @@ def test_an_open_right_after_sending_is_the_receiving_servers_scanner(engine, tm
         c.get(site.pixel_path(), headers=PERSON)
         c.get(site.click_path(), headers=PERSON)
     assert site.responses() == [("opened_machine", "too_soon"), ("clicked_machine", "1-see-the-offer;too_soon")]
+
+
+@pytest.mark.parametrize("channel", ["push", "telegram", "inbox"])
+def test_a_tap_seconds_after_a_push_or_telegram_message_is_a_person(engine, tmp_path, channel):
+    """Mail scanners fetch links on arrival; a push, Telegram or inbox message is often tapped at once."""
+    site = make_site(engine, tmp_path, sent_ago=timedelta(seconds=0), channel=channel)
+    with site.client as c:
+        c.get(site.click_path(), headers=PERSON)
+    assert site.responses() == [("clicked", "1-see-the-offer")]
 
 
 def test_a_tampered_unknown_or_foreign_pixel_gets_the_same_404(site):
