@@ -10,8 +10,16 @@ blocked (revoked, suppressed) gets nothing.
 
 Only requests still ``pending`` when they are claimed are sent (``UPDATE ... WHERE status = 'pending'
 RETURNING id``): one the member withdrew meanwhile (unsubscribed from everything, erased: ``expired``) is
-never revived. A request whose message cannot be made (the template fails) is ``failed`` (the log says why,
-by request id), never ``in_doubt``, and the rest of the batch goes out.
+never revived.
+
+One bad request never fails the round, so the rest of the batch goes out and the workflow's retries never
+meet it: a request whose message cannot be made (the template fails) or whose channel cannot be reached
+(the program's account for it is broken) is ``failed`` (the log says why, by request id), never
+``in_doubt``; one whose channel raised something unexpected while sending is ``in_doubt`` (it may have gone:
+never sent again). What was sent is recorded even when the round is cut short (cancelled, a worker shutting
+down); the requests it had not reached stay ``sending`` and become ``in_doubt``. ``more`` (go again at once)
+only when the batch was full and settled something: a batch that only met transient failures waits for the
+next poll instead of hammering the provider.
 """
 
 from __future__ import annotations
@@ -76,14 +84,17 @@ class ConfirmationActivities:
     async def send_confirmations(self, inp: SendConfirmations) -> ConfirmationsSent:
         expired, interrupted, requests, blocked = await asyncio.to_thread(self._claim, inp.limit)
         results: dict[int, str] = {}
-        for r in requests:
-            results[r.id] = await self._send(r)
-            activity.heartbeat(len(results))
-        await asyncio.to_thread(self._record, results)
+        try:
+            for r in requests:
+                results[r.id] = await self._send(r)
+                activity.heartbeat(len(results))
+        finally:   # cut short (cancelled): what went out is recorded, the rest stays `sending` → in_doubt
+            await asyncio.to_thread(self._record, results)
         statuses = list(results.values())
+        settled = blocked + len(statuses) - statuses.count("pending")
         return ConfirmationsSent(sent=statuses.count("sent"), in_doubt=interrupted + statuses.count("in_doubt"),
                                  failed=statuses.count("failed") + blocked, expired=expired,
-                                 more=len(requests) + blocked >= inp.limit)
+                                 more=len(requests) + blocked >= inp.limit and settled > 0)
 
     def _claim(self, limit: int) -> tuple[int, int, list[_Request], int]:
         with session_scope(self._engine) as s:
@@ -143,7 +154,12 @@ class ConfirmationActivities:
             log.warning("double opt-in request %s failed: its message cannot be made: %s", r.id,
                         type(exc).__name__)
             return "failed"
-        route = await asyncio.to_thread(self._registry.route, r.program_id, r.channel)
+        try:
+            route = await asyncio.to_thread(self._registry.route, r.program_id, r.channel)
+        except Exception as exc:  # noqa: BLE001 - the program's account (config) is broken: nothing was sent
+            log.warning("double opt-in request %s failed: no %s channel for its program: %s", r.id, r.channel,
+                        type(exc).__name__)
+            return "failed"
         try:
             await route.channel.send(msg)
         except PermanentChannelError:
@@ -152,6 +168,10 @@ class ConfirmationActivities:
             return "in_doubt"
         except TransientChannelError:
             return "pending"
+        except Exception as exc:  # noqa: BLE001 - an adapter's unmapped error: it may have gone, never resend
+            log.warning("double opt-in request %s in doubt: its %s channel raised %s", r.id, r.channel,
+                        type(exc).__name__)
+            return "in_doubt"
         return "sent"
 
     def _record(self, results: dict[int, str]) -> None:
