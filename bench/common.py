@@ -7,6 +7,8 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -69,3 +71,29 @@ def wait_for_smtp(proc: subprocess.Popen, port: int, log: Path, timeout: float =
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"the SMTP sink did not answer within {timeout:.0f} s")
+
+
+def fresh_database(base: str | None, folder: Path, name: str) -> tuple[str, Callable[[], None]]:
+    """(url, drop): a new empty database, migrated: ``folder/name.db`` on SQLite when ``base`` is None, else a
+    new database beside ``base`` on its PostgreSQL server (dropped by ``drop``)."""
+    from sqlalchemy import create_engine, text
+
+    from storage.migrate import upgrade
+
+    if not base:
+        url = f"sqlite:///{folder / f'{name}.db'}"
+        upgrade(url)
+        return url, lambda: None
+    db = f"clarion_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{db}"'))
+    url = base.rsplit("/", 1)[0] + "/" + db
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        admin.dispose()
+
+    upgrade(url)
+    return url, drop

@@ -30,8 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -41,13 +40,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, func, insert, select, text  # noqa: E402
+from sqlalchemy import func, insert, select, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
 from analytics import responses as R  # noqa: E402
 from analytics.report import campaign_report  # noqa: E402
+from bench.common import fresh_database  # noqa: E402
 from storage.db import make_engine  # noqa: E402
-from storage.migrate import upgrade  # noqa: E402
 from storage.tables import Campaign, Delivery, Member, Program, Response  # noqa: E402
 
 CHUNK = 20_000
@@ -172,29 +171,10 @@ def seed(engine: Engine, n: int, rnd: random.Random) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t, "responses": responses, "campaign_id": campaign_id}
 
 
-def fresh_database(base: str | None, folder: Path) -> tuple[str, Callable[[], None]]:
-    if not base:
-        url = f"sqlite:///{folder / 'reports.db'}"
-        upgrade(url)
-        return url, lambda: None
-    name = f"clarion_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = base.rsplit("/", 1)[0] + "/" + name
-
-    def drop() -> None:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    upgrade(url)
-    return url, drop
-
 
 def run(base: str | None, args: argparse.Namespace) -> None:
     folder = Path(tempfile.mkdtemp(prefix="clarion-reports-"))
-    url, drop = fresh_database(base, folder)
+    url, drop = fresh_database(base, folder, "reports")
     engine = make_engine(url)
     try:
         say(f"{engine.dialect.name}: {args.deliveries:,} deliveries ({url})")

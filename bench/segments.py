@@ -27,7 +27,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,13 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, func, insert, select, text  # noqa: E402
+from sqlalchemy import func, insert, select, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
 from campaigns.audience import audience_clause  # noqa: E402
 from campaigns.segments import Audience  # noqa: E402
+from bench.common import fresh_database  # noqa: E402
 from storage.db import make_engine  # noqa: E402
-from storage.migrate import upgrade  # noqa: E402
 from storage.tables import Card, ConsentRecord, ConsentState, Event, Member, Program  # noqa: E402
 
 PROGRAM = "bench"
@@ -241,30 +240,10 @@ def measure(engine: Engine, runs: int, page_size: int) -> None:
 # --- databases ---------------------------------------------------------------------------------------
 
 
-def fresh_database(base: str | None, folder: Path) -> tuple[str, Callable[[], None]]:
-    """(url, drop): a new empty database, migrated."""
-    if not base:
-        url = f"sqlite:///{folder / 'segments.db'}"
-        upgrade(url)
-        return url, lambda: None
-    name = f"clarion_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = base.rsplit("/", 1)[0] + "/" + name
-
-    def drop() -> None:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    upgrade(url)
-    return url, drop
-
 
 def run(n: int, args: argparse.Namespace) -> None:
     folder = Path(tempfile.mkdtemp(prefix="clarion-segments-"))
-    url, drop = fresh_database(args.db, folder)
+    url, drop = fresh_database(args.db, folder, "segments")
     extra: dict[str, Any] = {}
     if url.startswith("postgresql") and args.pg_jit != "server":
         extra["connect_args"] = {"options": f"-c jit={args.pg_jit}"}

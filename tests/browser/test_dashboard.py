@@ -39,21 +39,15 @@ from storage.db import make_engine
 from storage.migrate import upgrade
 from storage.tables import Campaign, Role
 from tests.api.test_dashboard import build_world
+from tests.browser.conftest import ARTIFACTS, NEEDS_CHROMIUM, PHONE
 from tests.conftest import free_port
 from tests.factories import campaign_spec, seed_members
 from workflows.contracts import DeliverBatch
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "var" / "test-artifacts"
 DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 360, "height": 740}
 LIVE_MEMBERS = 30
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                                                                "(apt-get install chromium)")]
+pytestmark = NEEDS_CHROMIUM
 
 
 # --- a worker of its own ------------------------------------------------------------------------------------
@@ -187,16 +181,6 @@ def smtp_server_module() -> Iterator[Any]:
     controller.start()
     yield box
     controller.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 def _open(browser, site: Site, viewport: dict[str, int]) -> Iterator[Any]:

@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import uvicorn
@@ -26,17 +25,11 @@ from members.service import ensure_program
 from storage.db import make_engine, session_scope
 from storage.migrate import upgrade
 from storage.tables import ConsentAction, ConsentRecord, ConsentSource, Member, PushToken
+from tests.browser.conftest import ARTIFACTS, NEEDS_CHROMIUM, PHONE
 from tests.conftest import free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "var" / "test-artifacts"
-PHONE = {"width": 360, "height": 740}
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                                                                "(apt-get install chromium)")]
+pytestmark = NEEDS_CHROMIUM
 
 
 @dataclass
@@ -84,16 +77,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     server.should_exit = True
     thread.join(5)
     engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
