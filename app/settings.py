@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     temporal_tls: bool = False
     temporal_api_key: SecretStr | None = None
+    # mTLS and a private CA (PEM file paths); any of them, or an API key, turns TLS on
+    temporal_tls_cert: Path | None = None          # client certificate (with temporal_tls_key)
+    temporal_tls_key: Path | None = None           # its private key
+    temporal_tls_ca: Path | None = None            # CA the server's certificate is checked against
+    temporal_tls_server_name: str | None = None    # name the server's certificate must carry (and SNI)
     temporal_task_queue: str = "clarion"
     temporal_dev_port: int = 7233
     temporal_ui_port: int = 8233
