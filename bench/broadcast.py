@@ -55,7 +55,7 @@ from temporalio import activity  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from activities.delivery import DeliveryActivities  # noqa: E402
-from bench.common import CpuMeter, die_with_parent, free_port, say, wait_for_smtp  # noqa: E402
+from bench.common import CpuMeter, die_with_parent, free_port, fresh_database, say, wait_for_smtp  # noqa: E402
 from app import campaigns as service  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.temporal import temporal_cli  # noqa: E402
@@ -528,6 +528,9 @@ class RunResult:
     cpu_raw: dict[str, float | None] = field(default_factory=dict)
     msg_bytes: float = 0.0
     breakdown: list[str] = field(default_factory=list)
+    history_max: int = 0            # events in the longest workflow history of the run (Temporal's limit: 51,200)
+    history_runs: int = 0           # workflow runs (continue-as-new makes several of one campaign)
+    history_longest: str = ""
 
     @property
     def seed_s(self) -> float:
@@ -557,6 +560,41 @@ def _cpu_line(cpu: dict[str, float | None], elapsed: float, sent: int) -> str:
     return "; ".join(parts) or "n/a"
 
 
+def start_extra_workers(n: int, target: str, settings: Settings, workdir: Path) -> list[subprocess.Popen]:
+    """``n`` more worker processes (``clarion worker``, as an operator runs them) on the same Temporal, task
+    queue, database and sink; returns once each says it is polling."""
+    procs = []
+    clarion = str(Path(sys.executable).with_name("clarion"))
+    for i in range(n):
+        env = {**os.environ, "CLARION_TEMPORAL_ADDRESS": target, "CLARION_TEMPORAL_TASK_QUEUE":
+               settings.temporal_task_queue, "CLARION_DATABASE_URL": settings.db_url,
+               "CLARION_VAR_DIR": str(workdir / f"worker-{i + 2}"), "CLARION_SMTP_HOST": settings.smtp_host,
+               "CLARION_SMTP_PORT": str(settings.smtp_port), "CLARION_SMTP_CONNECTIONS": str(settings.smtp_connections),
+               "CLARION_PAGE_SIZE": str(settings.page_size),
+               "CLARION_BATCH_CONCURRENCY": str(settings.batch_concurrency), "CLARION_MAILBOX_ENABLED": "false"}
+        log = open(workdir / f"worker-{i + 2}.log", "w")  # noqa: SIM115 - closed with the process
+        procs.append(subprocess.Popen([clarion, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      preexec_fn=die_with_parent))
+    deadline = time.monotonic() + 30
+    for i, proc in enumerate(procs):
+        path = workdir / f"worker-{i + 2}.log"
+        while "polling task queue" not in path.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker {i + 2} did not start: {path.read_text()[-800:]}")
+            time.sleep(0.1)
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 async def run_pipeline(index: int, args: argparse.Namespace, settings: Settings, res: RunResult,
                        sink: Sink) -> None:
     res.rss_reset = reset_peak_rss()
@@ -569,14 +607,19 @@ async def run_pipeline(index: int, args: argparse.Namespace, settings: Settings,
         engine = make_engine(settings.db_url)
         acts = delivery_activities(settings, engine=engine,
                                    cls=TimedActivities if args.breakdown else DeliveryActivities)
+        extra: list[subprocess.Popen] = []
         try:
             async with build_worker(env.client, settings, acts):
+                if args.workers > 1:
+                    extra = start_extra_workers(args.workers - 1, env.client.service_client.config.target_host,
+                                                settings, settings.var_dir)
                 spec = parse_spec({
                     "key": f"bench-run-{index}", "name": "Bench broadcast", "program": PROGRAM,
                     "topic": "promotions", "channels": ["email"], "audience": {"all": True},
                     "template": TEMPLATE, "locale_default": "en"})
                 renderer = Renderer()
-                meter = CpuMeter(temporal=temporal_pid, sink=sink.pid)
+                meter = CpuMeter(temporal=temporal_pid, sink=sink.pid,
+                                 **{f"worker{i + 2}": p.pid for i, p in enumerate(extra)})
                 with LoopLag() as lag:
                     t0 = time.perf_counter()
                     view = await service.launch(engine=engine, client=env.client, settings=settings, spec=spec,
@@ -592,6 +635,10 @@ async def run_pipeline(index: int, args: argparse.Namespace, settings: Settings,
                 desc = await env.client.get_workflow_handle(view.workflow_id).describe()
                 if desc.close_time and desc.start_time:
                     res.workflow_s = (desc.close_time - desc.start_time).total_seconds()
+                async for wf in env.client.list_workflows():      # this run's dev server: only the bench's
+                    res.history_runs += 1
+                    if wf.history_length > res.history_max:
+                        res.history_max, res.history_longest = wf.history_length, wf.workflow_type
                 c = view.counts
                 res.sent, res.suppressed, res.failed, res.in_doubt = c.sent, c.suppressed, c.failed, c.in_doubt
                 res.status = str(view.status)
@@ -599,6 +646,7 @@ async def run_pipeline(index: int, args: argparse.Namespace, settings: Settings,
                     res.breakdown = [f"    event loop lag (5 ms timer): {lag.summary()}",
                                      *acts.report(res.pipeline_s)]
         finally:
+            stop_workers(extra)
             await acts.aclose()
             engine.dispose()
         res.rss_mib = maxrss_mib()
@@ -610,10 +658,13 @@ async def run_pipeline(index: int, args: argparse.Namespace, settings: Settings,
 async def run_once(index: int, args: argparse.Namespace, sink_kind: str) -> RunResult:
     res = RunResult()
     workdir = Path(tempfile.mkdtemp(prefix=f"clarion-bench-{index}-"))
-    db_url = f"sqlite:///{(workdir / 'bench.db').as_posix()}"
+    if args.db:                                   # a new PostgreSQL database beside --db, dropped after
+        db_url, drop_db = fresh_database(args.db, workdir, "bench")
+    else:
+        db_url, drop_db = f"sqlite:///{(workdir / 'bench.db').as_posix()}", (lambda: None)
     sink = Sink(sink_kind, free_port(), workdir)
     try:
-        say(f"[run {index}] seeding {args.members} members into {workdir / 'bench.db'} ...")
+        say(f"[run {index}] seeding {args.members} members into {db_url} ...")
         res.seeded = sd = await seed_in_subprocess(db_url, args.members)
         res.expected = sd.allowed
         say(f"[run {index}] migrate {sd.migrate_s:.2f} s; seed {sd.seed_s:.2f} s = {args.members / sd.seed_s:,.0f} "
@@ -651,6 +702,7 @@ async def run_once(index: int, args: argparse.Namespace, sink_kind: str) -> RunR
         return res
     finally:
         sink.stop()
+        drop_db()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -664,6 +716,8 @@ def print_run(i: int, r: RunResult, args: argparse.Namespace) -> None:
     say(f"  seed                 {sd.seed_s:8.2f} s   ({args.members:,} members: MemberIn {sd.build_s:.2f} s + "
         f"upsert_members {sd.upsert_s:.2f} s; migrate {sd.migrate_s:.2f} s)")
     say(f"  pipeline             {r.pipeline_s:8.2f} s   launch→completion seen (workflow run {wf})")
+    say(f"  workflow history     {r.history_max:8d}     events at most ({r.history_longest}; {r.history_runs} workflow "
+        f"runs; goal <= 10,240)")
     say(f"  messages sent        {r.sent:8d}     (expected {r.expected}; suppressed {r.suppressed}, "
         f"failed {r.failed}, in doubt {r.in_doubt}; sink counted {r.sink_pipeline})")
     say(f"  pipeline rate        {r.pipeline_rate:8.0f} msg/s")
@@ -695,7 +749,11 @@ def print_medians(results: list[RunResult], args: argparse.Namespace) -> None:
     say(f"  raw aiosmtplib rate  {med(r.raw_rate for r in results):8.0f} msg/s")
     say(f"  pipeline / raw       {med(r.ratio for r in results):8.2f}")
     say(f"  peak RSS             {med(r.rss_mib for r in results):8.0f} MiB (bench+worker process)")
-    for name in ("bench", "temporal", "sink"):
+    say(f"  workflow history     {max(r.history_max for r in results):8d}     events, the longest of all runs")
+    extra = [r.sink_pipeline - r.sent for r in results if r.sink_pipeline is not None]
+    say(f"  sent twice           {max(extra) if extra else 'n/a':>8}     (the sink's count minus the ledger's sent, "
+        f"worst run; {args.workers} worker process(es))")
+    for name in results[0].cpu_pipeline if results else ():
         vals = [r.cpu_pipeline.get(name) for r in results]
         if all(v is not None for v in vals) and vals:
             say(f"  CPU, pipeline, {name:<9}{med(v for v in vals):6.1f} s")  # type: ignore[misc]
@@ -731,6 +789,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SMTP sink: Postfix smtp-sink if found (auto), else aiosmtpd")
     p.add_argument("--breakdown", action="store_true",
                    help="time the delivery steps (adds a little overhead) and the event loop's lag")
+    p.add_argument("--db", metavar="URL", help="a PostgreSQL server URL (e.g. postgresql+psycopg://postgres@"
+                   "127.0.0.1:5432/test): each run gets a new database there; default: a SQLite file")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes: the bench's own plus N-1 `clarion worker` processes on the same queue")
     p.add_argument("--keep", action="store_true", help="keep the temporary folders (db, sink log)")
     p.add_argument("--seed-only", metavar="DB_URL", help=argparse.SUPPRESS)  # internal: the seeding child
     args = p.parse_args(argv)
