@@ -43,6 +43,7 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import metrics
 from activities.messages import CampaignInfo, MessageBuilder, Target
 from activities.sending import Sender, SendOutcome
 from analytics.tracking import apply_early
@@ -202,12 +203,15 @@ class _Tally:
     deferred: Counter[str] = field(default_factory=Counter)  # left planned, by reason (not an outcome)
     cost: Decimal = Decimal(0)
     exhausted: bool = False
+    unreported: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, status) not yet in metrics
+    reported_cost: Decimal = Decimal(0)
 
-    def add(self, status: str, reason: str | None, n: int = 1) -> None:
+    def add(self, status: str, reason: str | None, n: int = 1, channel: str | None = None) -> None:
         if status == DeliveryStatus.planned:
             self.deferred[reason or "planned"] += n
             return
         self.statuses[status] += n
+        self.unreported[channel or "none", status] += n
         if reason:
             self.reasons[reason] += n
 
@@ -218,6 +222,13 @@ class _Tally:
                       failed=st[DeliveryStatus.failed], in_doubt=st[DeliveryStatus.in_doubt],
                       already_done=already_done, held_out=st[DeliveryStatus.held_out],
                       cost=str(self.cost), reasons=dict(self.reasons), queued=st[DeliveryStatus.queued])
+
+    def report(self, ctx: CampaignContext, **sending: Any) -> None:
+        """What was counted since the last report, to the process's metrics (``activities.metrics``)."""
+        metrics.record(program=ctx.program["key"], currency=ctx.program["currency"], by_channel=self.unreported,
+                       spent=self.cost - self.reported_cost, **sending)
+        self.unreported.clear()
+        self.reported_cost = self.cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +408,7 @@ class DeliveryActivities:
                 rendered.append((t, msg, cost))
             claimed = await asyncio.to_thread(self._claim, ctx, rendered, now, tally)
             routes = await asyncio.to_thread(self._routes, ctx, {t.channel for t, _, _ in claimed})
+            began = time.time()
             sent = await self._sender.send_all([(t, m) for t, m, _ in claimed], routes,
                                                heartbeat=lambda: activity.heartbeat(handled), deadline=deadline,
                                                recheck=lambda ts: asyncio.to_thread(self._denied_now, ctx, ts))
@@ -424,13 +436,15 @@ class DeliveryActivities:
                     continue
                 if o.status != DeliveryStatus.planned:
                     tally.add(o.status, o.reason if o.status not in (DeliveryStatus.sent, DeliveryStatus.queued)
-                              else None)
+                              else None, channel=o.channel)
                 if o.status in CHARGED:
                     tally.cost += o.cost
             await asyncio.to_thread(self._record, ctx, outcomes)
+            tally.report(ctx, **({"due": now, "began": began, "seconds": time.time() - began} if claimed else {}))
             handled += size
             progress(handled)
             activity.heartbeat(handled)
+        tally.report(ctx)   # what no chunk reported: the page's preparation, budget and pacing deferrals
         if transient:
             account = sorted({f"{o.channel} ({o.code})" for o in transient if o.reason == "provider_account"})
             if account:   # the operator's problem: say which account, in the activity's failure
@@ -768,7 +782,7 @@ class DeliveryActivities:
                     "segment": segments.get(m.id), "created_at": utcnow(), "updated_at": utcnow(),
                 })
                 if status != DeliveryStatus.planned:
-                    tally.add(status, reason)
+                    tally.add(status, reason, channel=channel)
             if new_rows:
                 s.execute(insert_ignore(s, Delivery.__table__, ["campaign_id", "member_id", "step", "occurrence"]),
                           new_rows)
@@ -990,7 +1004,7 @@ class DeliveryActivities:
                                                  Delivery.status == DeliveryStatus.planned)
                           .values(status=DeliveryStatus.suppressed, reason=reason, channel=t.channel,
                                   updated_at=utcnow()))
-                tally.add(DeliveryStatus.suppressed, reason)
+                tally.add(DeliveryStatus.suppressed, reason, channel=t.channel)
             if unreached:
                 self._defer_rows(s, [t.delivery_id for t, _, _ in unreached], Deferral.budget_exhausted)
                 tally.add(DeliveryStatus.planned, Deferral.budget_exhausted, len(unreached))

@@ -98,6 +98,7 @@ def _engine():  # noqa: ANN202
 
 
 @app.command()
+@friendly
 def up() -> None:
     """Start the embedded stack: Temporal dev server (unless CLARION_TEMPORAL_ADDRESS is set), worker,
     API and the local mail server. Ctrl-C stops everything."""
@@ -108,6 +109,9 @@ def up() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        from app.observability import configure_logging
+
+        configure_logging(settings())
         async with embedded_stack(settings()) as stack:
             out.print("[bold green]Clarion is up[/]")
             for name, url in stack.urls.items():
@@ -122,6 +126,7 @@ def up() -> None:
 @app.command()
 def worker() -> None:
     """Run a worker only (Temporal at CLARION_TEMPORAL_ADDRESS or the local dev server)."""
+    from app.observability import configure_logging, configure_tracing, start_metrics_server, temporal_runtime
     from app.temporal import connect
     from app.worker import build_worker
 
@@ -129,6 +134,17 @@ def worker() -> None:
     def go() -> None:
         async def run() -> None:
             s = settings()
+            configure_logging(s)
+            configure_tracing(s, "worker")
+            temporal_runtime(s)       # before the client connects
+            stop_metrics = start_metrics_server(s)
+            try:
+                await serve(s)
+            finally:
+                if stop_metrics is not None:
+                    stop_metrics()
+
+        async def serve(s: Settings) -> None:
             client = await connect(s)
             w = build_worker(client, s)
             stop = asyncio.Event()
@@ -146,14 +162,21 @@ def worker() -> None:
 
 
 @app.command()
+@friendly
 def api() -> None:
     """Run the HTTP API only."""
     import uvicorn
 
     from app.api.main import create_app
+    from app.observability import configure_logging, configure_tracing, temporal_runtime
 
     s = settings()
-    uvicorn.run(create_app(s), host=s.api_host, port=s.api_port)
+    configure_logging(s)
+    configure_tracing(s, "api")
+    temporal_runtime(s)
+    # log_config=None: uvicorn keeps the logging set above; its access log (paths with their tokens and
+    # query strings, client addresses) is off: the API logs each request by its route's template instead
+    uvicorn.run(create_app(s), host=s.api_host, port=s.api_port, log_config=None, access_log=False)
 
 
 @app.command()

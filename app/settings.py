@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -72,6 +73,24 @@ class Settings(BaseSettings):
     batch_concurrency: int = Field(default=4, ge=1, le=64)
     trigger_poll_s: float = Field(default=1.0, gt=0, le=60, description="how often triggered campaigns look for new events")
 
+    # operations (README "Operations: health, metrics, tracing, logs")
+    log_format: Literal["text", "json"] = "text"   # json: one object a line, for a log shipper
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Prometheus metrics of this process on an internal port (None: off); worker, `clarion up`
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # the Temporal SDK's own metrics (its Runtime's Prometheus endpoint) on another port (None: off)
+    temporal_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # GET /metrics on the API port, no key (None: on for the embedded stack, off with CLARION_TEMPORAL_ADDRESS)
+    api_metrics: bool | None = None
+    # /readyz: each check (database, Temporal) answers within this or counts as down
+    ready_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    # OpenTelemetry tracing through Temporal's TracingInterceptor (needs `pip install 'clarion[otel]'`);
+    # None: on when the standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set
+    otel_enabled: bool | None = None
+    otel_endpoint: str | None = Field(default=None, validation_alias=AliasChoices(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
+
     @cached_property
     def db_url(self) -> str:
         if self.database_url:
@@ -93,6 +112,14 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_base_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def api_metrics_on(self) -> bool:
+        return self.embedded_temporal if self.api_metrics is None else self.api_metrics
+
+    @property
+    def tracing(self) -> bool:
+        return bool(self.otel_endpoint) if self.otel_enabled is None else self.otel_enabled
 
     @property
     def template_library(self) -> Path:

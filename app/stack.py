@@ -14,6 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from app.api.main import create_app
 from app.confirmations import wake_confirmations
+from app.observability import configure_tracing, start_metrics_server, temporal_runtime, traced
 from app.settings import Settings
 from app.temporal import connect, start_dev_server
 from app.worker import build_worker, delivery_activities
@@ -41,7 +42,16 @@ async def embedded_stack(settings: Settings, *, with_api: bool = True) -> AsyncI
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(upgrade, settings.db_url)
     urls: dict[str, str] = {}
+    temporal_runtime(settings)        # before the dev server and the client: the SDK's metrics port
+    configure_tracing(settings, "up")
     async with contextlib.AsyncExitStack() as stack:
+        stop_metrics = start_metrics_server(settings)
+        if stop_metrics is not None:
+            stack.callback(stop_metrics)
+            urls["metrics (Prometheus)"] = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+        if settings.temporal_metrics_port is not None:
+            urls["Temporal SDK metrics"] = (f"http://{settings.metrics_host}:{settings.temporal_metrics_port}"
+                                            "/metrics")
         if settings.mailbox_enabled:
             from app.mailbox import start_mail_server
 
@@ -59,6 +69,7 @@ async def embedded_stack(settings: Settings, *, with_api: bool = True) -> AsyncI
         else:
             client = await connect(settings)
             urls["Temporal (gRPC, external)"] = settings.temporal_target
+        client = traced(client, settings)
         engine = make_engine(settings.db_url)
         stack.callback(engine.dispose)
         acts = delivery_activities(settings, engine=engine)
@@ -69,8 +80,11 @@ async def embedded_stack(settings: Settings, *, with_api: bool = True) -> AsyncI
         server: uvicorn.Server | None = None
         if with_api:
             app = create_app(settings, engine=engine, client=client)
+            # logging as app.observability set it: uvicorn adds no handlers, its access log (paths, client
+            # addresses) is off; the API's own access line names the route's template
             server = _ApiServer(uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
-                                               log_level="warning", lifespan="on"))
+                                               log_level="warning", lifespan="on", log_config=None,
+                                               access_log=False))
             task = asyncio.create_task(server.serve())
 
             async def stop_api() -> None:

@@ -10,6 +10,7 @@ from activities.confirmations import ConfirmationActivities
 from activities.delivery import DeliveryActivities
 from activities.direct_mail import DirectMailActivities
 from activities.triggers import TriggerActivities
+from app.observability import traced
 from app.settings import Settings, get_settings
 from channels.email_smtp import SmtpConfig, SmtpEmailChannel
 from channels.registry import ChannelRegistry
@@ -87,9 +88,11 @@ def activity_list(acts: DeliveryActivities) -> list:
 
 
 def build_worker(client: Client, settings: Settings, acts: DeliveryActivities | None = None) -> Worker:
+    """With tracing on, the worker's client carries temporalio's TracingInterceptor (spans for workflows and
+    activities); the caller's client is not changed."""
     acts = acts or delivery_activities(settings)
     return Worker(
-        client, task_queue=settings.temporal_task_queue, workflows=WORKFLOWS,
+        traced(client, settings), task_queue=settings.temporal_task_queue, workflows=WORKFLOWS,
         activities=activity_list(acts),
         max_concurrent_activities=16,
     )

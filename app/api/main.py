@@ -18,6 +18,7 @@ from app.api import (
     inbox,
     member_rights,
     members,
+    ops,
     pos,
     preferences,
     programs,
@@ -29,6 +30,7 @@ from app.api import (
     unsubscribe,
     webhooks,
 )
+from app.observability import RequestMetrics, traced
 from app.settings import Settings
 from app.temporal import connect
 from app.worker import signer, stored_renderer
@@ -37,13 +39,13 @@ from storage.db import make_engine
 
 def create_app(settings: Settings, *, engine: Engine | None = None, client: Client | None = None) -> FastAPI:
     lock = asyncio.Lock()
-    holder: dict[str, Client] = {"client": client} if client else {}
+    holder: dict[str, Client] = {"client": traced(client, settings)} if client else {}
 
     async def temporal() -> Client:
         if "client" not in holder:
             async with lock:
                 if "client" not in holder:
-                    holder["client"] = await connect(settings)
+                    holder["client"] = traced(await connect(settings), settings)
         return holder["client"]
 
     app = FastAPI(title="Clarion", version="0.1.0",
@@ -55,6 +57,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None, client: Clie
     app.state.signer = signer(settings)
     app.state.temporal = temporal
     errors.install(app)
+    app.add_middleware(RequestMetrics)
+    app.include_router(ops.router)
     app.include_router(members.router)
     app.include_router(events.router)
     app.include_router(campaigns.router)
@@ -73,11 +77,6 @@ def create_app(settings: Settings, *, engine: Engine | None = None, client: Clie
     app.include_router(templates_import.router)
     app.include_router(tracking.router)
     app.include_router(dashboard.router)
-
-    @app.get("/healthz", tags=["ops"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
     return app
 
 
