@@ -6,7 +6,7 @@
   mail server's envelopes) are held at WARNING whatever the level. The API's access log line names the
   route's template (``/api/v1/members/{external_id}``), never the path, query or client address.
 - Metrics (``prometheus_client``): the delivery metrics of ``activities.metrics`` and the API's requests,
-  served on ``CLARION_METRICS_HOST:CLARION_METRICS_PORT`` and, when ``api_metrics_on``, at the API's
+  served on ``CLARION_METRICS_HOST:CLARION_METRICS_PORT`` and, when ``api_metrics``, at the API's
   ``/metrics``; the Temporal SDK's own metrics on ``CLARION_TEMPORAL_METRICS_PORT`` (its Runtime's
   Prometheus endpoint).
 - Traces: temporalio's ``TracingInterceptor`` on the Temporal client when ``settings.tracing``, spans

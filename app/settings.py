@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     # the Temporal SDK's own metrics (its Runtime's Prometheus endpoint) on another port (None: off)
     temporal_metrics_port: int | None = Field(default=None, ge=1, le=65535)
-    # GET /metrics on the API port, no key (None: on for the embedded stack, off with CLARION_TEMPORAL_ADDRESS)
-    api_metrics: bool | None = None
+    # GET /metrics on the API port, no key: false when the API port is reachable from outside (or block the
+    # path at the proxy) and scrape the workers' CLARION_METRICS_PORT
+    api_metrics: bool = True
     # /readyz: each check (database, Temporal) answers within this or counts as down
     ready_timeout_s: float = Field(default=2.0, gt=0, le=30)
     # OpenTelemetry tracing through Temporal's TracingInterceptor (needs `pip install 'clarion[otel]'`);
@@ -112,10 +113,6 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_base_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
-
-    @property
-    def api_metrics_on(self) -> bool:
-        return self.embedded_temporal if self.api_metrics is None else self.api_metrics
 
     @property
     def tracing(self) -> bool:

@@ -64,8 +64,8 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
-    """Prometheus' text format; served when CLARION_API_METRICS is on (default: the embedded stack only)."""
-    if not request.app.state.settings.api_metrics_on:
+    """Prometheus' text format; served unless CLARION_API_METRICS=false."""
+    if not request.app.state.settings.api_metrics:
         raise HTTPException(404, "metrics are not served on the API port (CLARION_API_METRICS)")
     body, content_type = metrics_body()
     return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
