@@ -186,7 +186,8 @@ def _otel() -> Any:
     except ImportError as exc:
         raise TracingUnavailable(
             "tracing is on (CLARION_OTEL_ENABLED or OTEL_EXPORTER_OTLP_ENDPOINT) but the OpenTelemetry "
-            f"packages are missing ({exc.name}): pip install 'clarion[otel]', or set CLARION_OTEL_ENABLED=false",
+            f"packages are missing ({exc.name}): install clarion's otel extra (opentelemetry-sdk, "
+            "opentelemetry-exporter-otlp-proto-http), or set CLARION_OTEL_ENABLED=false",
             field="CLARION_OTEL_ENABLED") from exc
     return TracerProvider, TracingInterceptor
 
