@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # broadcast tuning
     page_size: int = Field(default=500, ge=1, le=5000)
     batch_concurrency: int = Field(default=4, ge=1, le=64)
+    # a stopping worker (SIGTERM, a deploy) lets the pages it is sending finish for this long before they are
+    # cancelled (Temporal then retries them elsewhere; rows already claimed are never sent twice)
+    worker_shutdown_s: float = Field(default=30.0, ge=0, le=600)
     trigger_poll_s: float = Field(default=1.0, gt=0, le=60, description="how often triggered campaigns look for new events")
 
     # operations (README "Operations: health, metrics, tracing, logs")

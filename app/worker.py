@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -95,4 +97,5 @@ def build_worker(client: Client, settings: Settings, acts: DeliveryActivities | 
         traced(client, settings), task_queue=settings.temporal_task_queue, workflows=WORKFLOWS,
         activities=activity_list(acts),
         max_concurrent_activities=16,
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_s),
     )
