@@ -98,4 +98,8 @@ def build_worker(client: Client, settings: Settings, acts: DeliveryActivities | 
         activities=activity_list(acts),
         max_concurrent_activities=16,
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_s),
+        # pages go to whichever worker polls for them: eager dispatch would start every page a workflow task
+        # schedules on the worker that ran the workflow task, so one of N workers sent ~2/3 of a campaign
+        # (bench/broadcast.py --workers)
+        disable_eager_activity_execution=True,
     )
