@@ -601,7 +601,9 @@ async def run_pipeline(index: int, args: argparse.Namespace, settings: Settings,
     res.rss_start_mib = current_rss_mib()
     env = await WorkflowEnvironment.start_local(
         namespace="default", ip="127.0.0.1", ui=False, dev_server_existing_path=temporal_cli(),
-        dev_server_log_level="error")
+        dev_server_log_level="error",
+        dev_server_extra_args=[] if not args.suggest_continue_as_new else [
+            "--dynamic-config-value", f"limit.historyCount.suggestContinueAsNew={args.suggest_continue_as_new}"])
     try:
         temporal_pid = _child_pid("temporal")
         engine = make_engine(settings.db_url)
@@ -791,6 +793,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="time the delivery steps (adds a little overhead) and the event loop's lag")
     p.add_argument("--db", metavar="URL", help="a PostgreSQL server URL (e.g. postgresql+psycopg://postgres@"
                    "127.0.0.1:5432/test): each run gets a new database there; default: a SQLite file")
+    p.add_argument("--suggest-continue-as-new", type=int, metavar="EVENTS",
+                   help="the dev server suggests continue-as-new at this many history events (Temporal's default "
+                        "4,096): shows a campaign crossing runs at a small N")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes: the bench's own plus N-1 `clarion worker` processes on the same queue")
     p.add_argument("--keep", action="store_true", help="keep the temporary folders (db, sink log)")
