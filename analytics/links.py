@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from html import unescape
 from urllib.parse import urlsplit
 
@@ -52,6 +53,7 @@ _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 _UNSAFE_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
 
 
+@lru_cache(maxsize=4096)       # a campaign's messages repeat the same few URLs
 def safe_target(url: str) -> bool:
     """May we send a person to ``url``? Absolute http(s) with a host, no userinfo (``https://trusted@evil``
     shows one host and goes to another), no whitespace, control characters or backslashes (browsers read
@@ -69,9 +71,9 @@ def safe_target(url: str) -> bool:
 
 def slug(text: str, personal: frozenset[str] = frozenset()) -> str:
     """Lower-case words of ``text`` joined by ``-``, at most LABEL_MAX characters, without personal data."""
-    words = []
+    words: list[str] = []
     size = 0
-    for w in _WORD.findall(text.lower()):
+    for w in _words(text):
         if w in personal or sum(c.isdigit() for c in w) >= 5:
             continue
         if size + len(w) + bool(words) > LABEL_MAX:
@@ -79,6 +81,11 @@ def slug(text: str, personal: frozenset[str] = frozenset()) -> str:
         words.append(w)
         size += len(w) + (len(words) > 1)
     return "-".join(words)
+
+
+@lru_cache(maxsize=4096)
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(_WORD.findall(text.lower()))
 
 
 def personal_words(values: Iterable[object]) -> frozenset[str]:
@@ -203,6 +210,7 @@ class Tracker:
         return [(text, self.link(url, text) or url) for text, url in buttons]
 
 
+@lru_cache(maxsize=4096)
 def _anchor_text(inner: str) -> str:
     text = unescape(_TAG.sub(" ", inner)) if "<" in inner or "&" in inner else inner
     if text.strip():
