@@ -10,6 +10,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from email import message_from_bytes, policy
@@ -142,13 +143,22 @@ class _Handler:
         return "250 OK"
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[FakeSmtp]:
+@contextmanager
+def running_smtp() -> Iterator[FakeSmtp]:
+    """A fake SMTP server on 127.0.0.1 that records what it receives."""
     box = FakeSmtp("127.0.0.1", free_port())
     controller = Controller(_Handler(box), hostname=box.host, port=box.port)
     controller.start()
-    yield box
-    controller.stop()
+    try:
+        yield box
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[FakeSmtp]:
+    with running_smtp() as box:
+        yield box
 
 
 # --- Temporal -------------------------------------------------------------------------------

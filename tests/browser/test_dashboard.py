@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -39,8 +38,8 @@ from storage.db import make_engine
 from storage.migrate import upgrade
 from storage.tables import Campaign, Role
 from tests.api.test_dashboard import build_world
-from tests.browser.conftest import ARTIFACTS, NEEDS_CHROMIUM, PHONE
-from tests.conftest import free_port
+from tests.browser.conftest import ARTIFACTS, NEEDS_CHROMIUM, PHONE, serving
+from tests.conftest import running_smtp
 from tests.factories import campaign_spec, seed_members
 from workflows.contracts import DeliverBatch
 
@@ -152,35 +151,17 @@ def site(tmp_path_factory: pytest.TempPathFactory, private_time_skipping_env, sm
     worker = WorkerThread(target, settings, engine, gate)
     worker.start()
     assert worker.ready.wait(30) and worker.error is None, worker.error
-    port = free_port()
-    app = create_app(settings, engine=engine)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    yield Site(f"http://127.0.0.1:{port}", engine, keys, gate, smtp_server_module)
-    gate.opened.set()
-    server.should_exit = True
-    thread.join(5)
+    with serving(create_app(settings, engine=engine)) as base:
+        yield Site(base, engine, keys, gate, smtp_server_module)
+        gate.opened.set()
     worker.stop()
     engine.dispose()
 
 
 @pytest.fixture(scope="module")
 def smtp_server_module() -> Iterator[Any]:
-    from aiosmtpd.controller import Controller
-
-    from tests.conftest import FakeSmtp, _Handler
-
-    box = FakeSmtp("127.0.0.1", free_port())
-    controller = Controller(_Handler(box), hostname=box.host, port=box.port)
-    controller.start()
-    yield box
-    controller.stop()
+    with running_smtp() as box:
+        yield box
 
 
 def _open(browser, site: Site, viewport: dict[str, int]) -> Iterator[Any]:

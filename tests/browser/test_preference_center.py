@@ -6,13 +6,10 @@ var/test-artifacts/ (git-ignored). One browser and one server for the module: a 
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-import uvicorn
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -25,7 +22,7 @@ from members.service import ensure_program
 from storage.db import make_engine, session_scope
 from storage.migrate import upgrade
 from storage.tables import ConsentAction, ConsentRecord, ConsentSource, Member, PushToken
-from tests.browser.conftest import ARTIFACTS, NEEDS_CHROMIUM, PHONE
+from tests.browser.conftest import ARTIFACTS, NEEDS_CHROMIUM, PHONE, serving
 from tests.conftest import free_port
 
 
@@ -63,19 +60,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         ledger.record(session=s, program_id=program_id, acts=[
             ledger.ConsentAct(member_id=mid, channel="email", topic="news", action=ConsentAction.confirmed,
                               source=ConsentSource.import_) for mid in members.values()])
-    port = free_port()
     app = create_app(Settings(var_dir=tmp, temporal_dev_port=free_port()), engine=engine)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    yield Site(f"http://127.0.0.1:{port}", engine, members, app.state.signer)
-    server.should_exit = True
-    thread.join(5)
+    with serving(app) as base:
+        yield Site(base, engine, members, app.state.signer)
     engine.dispose()
 
 
