@@ -30,7 +30,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -45,7 +44,7 @@ from sqlalchemy.engine import Engine  # noqa: E402
 
 from analytics import responses as R  # noqa: E402
 from analytics.report import campaign_report  # noqa: E402
-from bench.common import fresh_database  # noqa: E402
+from bench.common import chunks, fresh_database, say  # noqa: E402
 from storage.db import make_engine  # noqa: E402
 from storage.tables import Campaign, Delivery, Member, Program, Response  # noqa: E402
 
@@ -59,21 +58,6 @@ SPEC = {"key": "big", "name": "Big campaign", "program": "bench", "topic": "prom
         "channels": ["email", "sms", "push", "telegram"], "audience": {"all": True}, "template": "double_points",
         "holdout": 0.1, "variants": [{"key": "a", "share": 50}, {"key": "b", "share": 50}],
         "segments": {"gold": {"field": "tier", "value": "gold"}, "silver": {"field": "tier", "value": "silver"}}}
-
-
-def say(*parts: Any) -> None:
-    print(*parts, flush=True)
-
-
-def _chunks(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    batch: list[dict[str, Any]] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= CHUNK:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _delivery(i: int, rnd: random.Random) -> tuple[dict[str, Any], list[tuple[str, datetime, Decimal | None]]]:
@@ -143,7 +127,7 @@ def seed(engine: Engine, n: int, rnd: random.Random) -> dict[str, Any]:
     members = ({"id": i, "program_id": program_id, "external_id": f"M{i:07d}", "kind": "individual",
                 "attributes": {}, "created_at": now, "updated_at": now} for i in range(1, n + 1))
     with engine.begin() as conn:
-        for batch in _chunks(members):
+        for batch in chunks(members, CHUNK):
             conn.execute(insert(Member.__table__), batch)  # type: ignore[attr-defined]
     responses = 0
     with engine.begin() as conn:

@@ -41,7 +41,7 @@ from sqlalchemy.engine import Engine  # noqa: E402
 
 from campaigns.audience import audience_clause  # noqa: E402
 from campaigns.segments import Audience  # noqa: E402
-from bench.common import fresh_database  # noqa: E402
+from bench.common import chunks, fresh_database, say  # noqa: E402
 from storage.db import make_engine  # noqa: E402
 from storage.tables import Card, ConsentRecord, ConsentState, Event, Member, Program  # noqa: E402
 
@@ -81,22 +81,7 @@ SEGMENTS: dict[str, dict[str, Any]] = {
 }
 
 
-def say(*parts: Any) -> None:
-    print(*parts, flush=True)
-
-
 # --- seeding -----------------------------------------------------------------------------------------
-
-
-def _chunks(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    batch: list[dict[str, Any]] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= CHUNK:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def seed(engine: Engine, n: int, rnd: random.Random) -> dict[str, float]:
@@ -169,7 +154,7 @@ def seed(engine: Engine, n: int, rnd: random.Random) -> dict[str, float]:
     for table, rows in ((Member, members()), (Event, events()), (Card, cards()),
                         (ConsentRecord, records()), (ConsentState, states())):
         stmt = insert(table.__table__)  # type: ignore[attr-defined]
-        for batch in _chunks(rows):
+        for batch in chunks(rows, CHUNK):
             with engine.begin() as conn:
                 conn.execute(stmt, batch)
     if engine.dialect.name == "postgresql":
