@@ -6,6 +6,7 @@ BroadcastCampaign on Temporal's time-skipping server."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import re
 import uuid
 from collections.abc import Callable
@@ -527,13 +528,17 @@ def test_no_dashboard_page_refers_to_anything_outside_the_site(site):
 
 
 class Gate:
+    """Holds each deliver_batch at its start until the test opens it; ``opened`` is a thread's Event, so a
+    worker running on its own thread and loop (the browser tests') is held the same way."""
+
     def __init__(self) -> None:
-        self.opened = asyncio.Event()
+        self.opened = threading.Event()
         self.entered = 0
 
     async def pass_through(self) -> None:
         self.entered += 1
-        await self.opened.wait()
+        while not self.opened.is_set():
+            await asyncio.sleep(0.02)
 
 
 class GatedActivities(DeliveryActivities):

@@ -24,12 +24,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
-from temporalio import activity
 from temporalio.client import Client
 from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
-from activities.delivery import DeliveryActivities
 from app.api.main import create_app
 from app.keys import create_key
 from app.settings import Settings
@@ -37,11 +35,10 @@ from app.worker import WORKFLOWS, activity_list, delivery_activities
 from storage.db import make_engine
 from storage.migrate import upgrade
 from storage.tables import Campaign, Role
-from tests.api.test_dashboard import build_world
+from tests.api.test_dashboard import Gate, GatedActivities, build_world
 from tests.browser.conftest import ARTIFACTS, NEEDS_CHROMIUM, PHONE, serving
 from tests.conftest import running_smtp
 from tests.factories import campaign_spec, seed_members
-from workflows.contracts import DeliverBatch
 
 DESKTOP = {"width": 1280, "height": 900}
 LIVE_MEMBERS = 30
@@ -50,28 +47,6 @@ pytestmark = NEEDS_CHROMIUM
 
 
 # --- a worker of its own ------------------------------------------------------------------------------------
-
-
-class Gate:
-    """Holds each deliver_batch at its start until the test opens it (threads: the worker has its own loop)."""
-
-    def __init__(self) -> None:
-        self.opened = threading.Event()
-        self.entered = 0
-
-    async def pass_through(self) -> None:
-        self.entered += 1
-        while not self.opened.is_set():
-            await asyncio.sleep(0.02)
-
-
-class GatedActivities(DeliveryActivities):
-    gate: Gate
-
-    @activity.defn(name="deliver_batch")
-    async def deliver_batch(self, inp: DeliverBatch):  # type: ignore[override]
-        await self.gate.pass_through()
-        return await super().deliver_batch(inp)
 
 
 class WorkerThread(threading.Thread):
