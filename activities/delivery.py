@@ -587,10 +587,7 @@ class DeliveryActivities:
         return stored if stored is not None else pins
 
     def _coupons(self, ctx: CampaignContext, member_ids: list[int]) -> dict[int, str]:
-        with session_scope(self._engine) as s:
-            if not self._pg:   # a write first: SQLite's write lock before the free codes are read
-                s.execute(update(Campaign).where(Campaign.id == ctx.id)  # type: ignore[arg-type]
-                          .values(budget_spent=Campaign.budget_spent))
+        with session_scope(self._engine) as s:     # assign_codes takes its own locks (members.coupons)
             return assign_codes(session=s, program_id=ctx.program_id, pool=ctx.coupon_pool or "",
                                 member_ids=member_ids)
 
