@@ -7,8 +7,8 @@ this order; the first that matches wins:
                      clients and browsers GET it.
 ``too_soon``         an open within ``OPEN_WINDOW_S`` or a click within ``CLICK_WINDOW_S`` of sending: the
                      receiving server's scanner fetched it on arrival (Microsoft Defender Safe Links, for one,
-                     checks URLs before the message is delivered); nobody reads that fast. Email only (the
-                     caller passes no time for push, Telegram and inbox, which people tap at once).
+                     checks URLs before the message is delivered); nobody reads that fast. Email only: a push,
+                     Telegram or inbox message is often tapped within seconds by its reader.
 ``no_user_agent``    no User-Agent at all: every mail client and browser sends one.
 ``apple_mpp``        Apple Mail Privacy Protection: the proxy fetches every remote image when the message
                      arrives, opened or not, with the bare User-Agent ``Mozilla/5.0`` (ua-parser/uap-core#509),
@@ -63,11 +63,12 @@ def _apple(ip: str | None) -> bool:
 
 
 def classify(method: str, user_agent: str | None, ip: str | None, seconds_since_sent: float | None,
-             kind: Kind) -> str | None:
+             kind: Kind, channel: str | None = "email") -> str | None:
     """Why this open or click is a machine's, or None when a person made it."""
     if method.upper() == "HEAD":
         return "head"
-    if seconds_since_sent is not None and seconds_since_sent < (OPEN_WINDOW_S if kind == "open" else CLICK_WINDOW_S):
+    if channel == "email" and seconds_since_sent is not None and \
+            seconds_since_sent < (OPEN_WINDOW_S if kind == "open" else CLICK_WINDOW_S):
         return "too_soon"
     ua = (user_agent or "").strip().lower()
     if not ua:

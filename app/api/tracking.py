@@ -58,9 +58,7 @@ def _read(signer: Signer, purpose: str, token: str) -> dict | None:
 
 
 def _seconds_since_sent(row, now: datetime) -> float | None:
-    """How long after sending this request came; 0 while the message is still being sent. Asked for email
-    only: a mail server's scanner fetches on arrival, while a push, Telegram or inbox message is often tapped
-    within seconds by its reader."""
+    """How long after sending this request came; 0 while the message is still being sent."""
     if row.sent_at is None:
         return 0.0 if row.status == DeliveryStatus.sending else None
     sent = row.sent_at if row.sent_at.tzinfo else row.sent_at.replace(tzinfo=UTC)
@@ -78,7 +76,7 @@ def _record(engine: Engine, request: Request, *, delivery_id: int, kind: machine
         return
     reason = machine.classify(request.method, request.headers.get("user-agent"),
                               request.client.host if request.client else None,
-                              _seconds_since_sent(row, now) if row.channel == "email" else None, kind)
+                              _seconds_since_sent(row, now), kind, row.channel)
     if kind == "open":
         response_kind = ResponseKind.opened_machine if reason else ResponseKind.opened
         event_id = f"open-m:{delivery_id}" if reason else f"open:{delivery_id}"

@@ -79,6 +79,12 @@ def test_fetches_right_after_sending_are_the_receiving_servers_scanner():
     assert classify("GET", SAFARI, "203.0.113.9", None, "click") is None      # sending time unknown
 
 
+@pytest.mark.parametrize("channel", ["push", "telegram", "inbox"])
+def test_a_tap_right_after_a_push_telegram_or_inbox_message_is_a_person(channel):
+    assert classify("GET", SAFARI, "203.0.113.9", 0.5, "click", channel) is None
+    assert classify("GET", SAFARI, "203.0.113.9", 0.5, "click", "email") == "too_soon"
+
+
 @given(method=st.sampled_from(["GET", "HEAD", "get", "head"]), ua=st.one_of(st.none(), st.text(max_size=200)),
        ip=st.one_of(st.none(), st.text(max_size=40), st.ip_addresses().map(str)),
        seconds=st.one_of(st.none(), st.floats(allow_nan=False, min_value=-1e6, max_value=1e9)),
