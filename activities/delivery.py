@@ -812,12 +812,13 @@ class DeliveryActivities:
         # rows the budget missed are included: the workflow only asks again once the budget was changed
         due = (Delivery.due_at.is_(None)) | (Delivery.due_at <= now)  # type: ignore[union-attr,operator]
         base = (Delivery.campaign_id == ctx.id, Delivery.status == DeliveryStatus.planned)
+        share = (Delivery.member_id % inp.partitions == inp.partition,) if inp.partitions > 1 else ()  # type: ignore[operator]
         with session_scope(self._engine) as s:
             rows = list(s.execute(
                 # labelled: a bare `r.id` would be the delivery's id, not the member's
                 select(Delivery.id.label("delivery_id"), Delivery.step, Delivery.occurrence,  # type: ignore[union-attr]
                        Delivery.attempts, Delivery.member_id.label("id"))  # type: ignore[attr-defined]
-                .where(*base, due).order_by(Delivery.id).limit(inp.limit + 1)))
+                .where(*base, *share, due).order_by(Delivery.id).limit(inp.limit + 1)))
             more = len(rows) > inp.limit
             rows = rows[:inp.limit]
             cancelled = self._cancelled_by_event(s, ctx, rows)
@@ -855,7 +856,7 @@ class DeliveryActivities:
                     targets.append(target)
             self._suppress(s, gone, tally)
             self._wait_for_windows(s, waiting, tally)
-            next_due = s.scalar(select(func.min(Delivery.due_at)).where(*base, Delivery.due_at > now))  # type: ignore[operator]
+            next_due = s.scalar(select(func.min(Delivery.due_at)).where(*base, *share, Delivery.due_at > now))  # type: ignore[operator]
         return targets, more, _aware(next_due)
 
     def _suppress(self, s: Session, by_reason: dict[str, list[int]], tally: _Tally) -> None:

@@ -158,7 +158,8 @@ def _workflow_and_input(spec: CampaignSpec, campaign_id: int, settings: Settings
     end_at = spec.end_at.isoformat() if spec.end_at else None
     if spec.kind == "triggered":
         return TriggeredCampaign.run, TriggeredInput(campaign_id=campaign_id, end_at=end_at,
-                                                     poll_seconds=settings.trigger_poll_s)
+                                                     poll_seconds=settings.trigger_poll_s,
+                                                     concurrency=settings.trigger_concurrency)
     start_at = spec.start_at.isoformat() if spec.start_at and not recurring else None
     steps = [StepPlan("main", 0.0), *(StepPlan(f.step, f.after.total_seconds()) for f in spec.follow_ups)]
     return BroadcastCampaign.run, BroadcastInput(

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     # cancelled (Temporal then retries them elsewhere; rows already claimed are never sent twice)
     worker_shutdown_s: float = Field(default=30.0, ge=0, le=600)
     trigger_poll_s: float = Field(default=1.0, gt=0, le=60, description="how often triggered campaigns look for new events")
+    # deliver_due activities a triggered campaign runs side by side each round (its members split between them)
+    trigger_concurrency: int = Field(default=4, ge=1, le=32)
 
     # operations (README "Operations: health, metrics, tracing, logs")
     log_format: Literal["text", "json"] = "text"   # json: one object a line, for a log shipper

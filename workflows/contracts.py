@@ -190,6 +190,9 @@ class TriggeredInput:
     paused: bool = False
     end_at: str | None = None
     rounds_per_run: int | None = None     # test hook, as in BroadcastInput
+    # deliver_due activities in flight each round, the members split between them by id (1: the runs started
+    # before this field existed replay as they ran)
+    concurrency: int = 1
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,10 @@ class DeliverDue:
     campaign_id: int
     now: str
     limit: int = 500
+    # this activity's share of the members: member id mod partitions == partition (a member's reactions
+    # always meet in one share, so once-per-member, cooldown and cancel-if see all of them)
+    partition: int = 0
+    partitions: int = 1
 
 
 @dataclass(frozen=True)

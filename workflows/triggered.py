@@ -4,7 +4,8 @@
 to turn the events after its cursor into planned deliveries (one per event, due after the trigger's
 delay) and ``deliver_due`` to send those whose time has come (re-checking cancel-if, consent, caps,
 budget, windows). So Temporal's overhead is per round of events, never per event or per member:
-hundreds of events a second cost a few activities a second. Idle, it sleeps until the next delivery
+hundreds of events a second cost a few activities a second. ``concurrency`` deliver_due activities run
+side by side each round, each for its share of the members (member id mod concurrency). Idle, it sleeps until the next delivery
 is due or the poll interval passes; a ``wake`` signal shortens the wait.
 
 ``ScheduledTriggerRun`` is started by a Temporal Schedule (hourly) for birthday, inactivity and
@@ -14,6 +15,7 @@ points-expiring campaigns: it matches the date rule, then delivers what is due.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -37,12 +39,26 @@ with workflow.unsafe.imports_passed_through():
     )
 
 
-async def _deliver_due(campaign_id: int, limit: int) -> DueResult:
-    return await workflow.execute_activity(
-        "deliver_due", DeliverDue(campaign_id=campaign_id, now=workflow.now().isoformat(), limit=limit),
+async def _deliver_due(campaign_id: int, limit: int, partitions: int = 1) -> DueResult:
+    """What is due, sent by ``partitions`` activities side by side (each its share of the members)."""
+    now = workflow.now().isoformat()
+    results = await asyncio.gather(*(workflow.execute_activity(
+        "deliver_due", DeliverDue(campaign_id=campaign_id, now=now, limit=limit, partition=p, partitions=partitions),
         result_type=DueResult, start_to_close_timeout=retry.DELIVERY_START_TO_CLOSE,
         heartbeat_timeout=retry.DELIVERY_HEARTBEAT, retry_policy=retry.DELIVERY,
-    )
+    ) for p in range(partitions)))
+    return merge_due(results)
+
+
+def merge_due(results: Sequence[DueResult]) -> DueResult:
+    """One round's answer from its partitions' answers."""
+    counts = Counts()
+    for r in results:
+        counts = counts + r.counts
+    nexts = [r.next_due for r in results if r.next_due]
+    return DueResult(counts=counts, more=any(r.more for r in results),
+                     next_due=min(nexts, key=datetime.fromisoformat) if nexts else None,
+                     budget_exhausted=any(r.budget_exhausted for r in results))
 
 
 async def _set_status(campaign_id: int, status: str) -> None:
@@ -110,7 +126,8 @@ class TriggeredCampaign(CampaignControls):
                     exhausted_at = -1
                     self._state = RunState.running
                     await _set_status(inp.campaign_id, "running")
-                match, due = await asyncio.gather(matching, _deliver_due(inp.campaign_id, inp.batch_size))
+                match, due = await asyncio.gather(
+                    matching, _deliver_due(inp.campaign_id, inp.batch_size, max(1, inp.concurrency)))
                 self._counts = self._counts + due.counts
                 self._next_due, more_due = due.next_due, due.more
                 if due.budget_exhausted:  # a budget raised while this round ran is tried next round
