@@ -97,6 +97,18 @@ class Settings(BaseSettings):
     otel_endpoint: str | None = Field(default=None, validation_alias=AliasChoices(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
 
+    # security (README "Security"): rate limits of the public endpoints, token buckets (per_s refill, burst)
+    # per client address (IPv6: per /64) and per link token, held by each API process on its own
+    rate_limits: bool = True
+    rate_links_per_s: float = Field(default=5.0, gt=0)        # /p/, /c/, /u/ per client address
+    rate_links_burst: int = Field(default=100, ge=1)
+    rate_tracking_per_s: float = Field(default=50.0, gt=0)    # /t/o/, /t/c/ per client address (image proxies)
+    rate_tracking_burst: int = Field(default=500, ge=1)
+    rate_webhooks_per_s: float = Field(default=200.0, gt=0)   # /webhooks/ per client address (providers' callbacks)
+    rate_webhooks_burst: int = Field(default=2000, ge=1)
+    rate_token_per_s: float = Field(default=0.2, gt=0)        # one link or tracking token, whoever asks
+    rate_token_burst: int = Field(default=20, ge=1)
+
     @cached_property
     def db_url(self) -> str:
         if self.database_url:

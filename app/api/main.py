@@ -1,4 +1,5 @@
-"""The FastAPI application: API routers, the one-click unsubscribe page, error mapping, OpenAPI at /docs."""
+"""The FastAPI application: API routers, the one-click unsubscribe page, error mapping, OpenAPI at /docs;
+rate limits on the public endpoints (app.api.ratelimit)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from app.api import (
     unsubscribe,
     webhooks,
 )
+from app.api.ratelimit import RateLimitMiddleware, RateLimits
 from app.observability import RequestMetrics, traced
 from app.settings import Settings
 from app.temporal import connect
@@ -56,7 +58,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None, client: Clie
     app.state.renderer = stored_renderer(app.state.engine, settings)
     app.state.signer = signer(settings)
     app.state.temporal = temporal
+    app.state.rate_limits = RateLimits.from_settings(settings)
     errors.install(app)
+    # the last added runs first: requests are counted (429s too), then limited
+    app.add_middleware(RateLimitMiddleware, limits=app.state.rate_limits)
     app.add_middleware(RequestMetrics)
     app.include_router(ops.router)
     app.include_router(members.router)
