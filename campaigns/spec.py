@@ -29,6 +29,15 @@ class SpecError(ValueError):
         super().__init__("; ".join(f"{path}: {msg}" if path else msg for path, msg in problems))
 
 
+class AtField(ValueError):
+    """A check across fields, raised by a model validator, that belongs to one of them: pydantic reports a
+    model validator's error at the model, so ``parse_spec`` moves it to ``field`` (``end_at``, not the spec)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 Scalar = str | int | float | bool
 
 
@@ -236,16 +245,16 @@ class CampaignSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> CampaignSpec:
         if self.start_at and self.end_at and self.end_at <= self.start_at:
-            raise ValueError("end_at must be after start_at")
+            raise AtField("end_at", "end_at must be after start_at")
         if self.kind == "triggered" and self.trigger is None:
-            raise ValueError("a triggered campaign needs a trigger:")
+            raise AtField("trigger", "a triggered campaign needs a trigger:")
         if self.kind == "broadcast" and self.trigger is not None:
-            raise ValueError("trigger: is for kind: triggered")
+            raise AtField("trigger", "trigger: is for kind: triggered")
         if self.recurring and self.kind != "broadcast":
-            raise ValueError("recurring: is for broadcasts")
+            raise AtField("recurring", "recurring: is for broadcasts")
         steps = [f.step for f in self.follow_ups]
         if "main" in steps or len(set(steps)) != len(steps):
-            raise ValueError("follow-up steps need distinct names other than 'main'")
+            raise AtField("follow_ups", "follow-up steps need distinct names other than 'main'")
         return self
 
     @property
@@ -305,6 +314,9 @@ def parse_spec(data: Any) -> CampaignSpec:
                 msg = "use text, a number, true/false, or a list of those"
             else:
                 msg = err["msg"].removeprefix("Value error, ")
+            at = (err.get("ctx") or {}).get("error")
+            if isinstance(at, AtField):
+                loc = (*loc, at.field)
             problems.setdefault(error_path(loc), msg)
         raise SpecError(list(problems.items())) from None
 

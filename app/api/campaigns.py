@@ -6,12 +6,11 @@ import dataclasses
 import json
 from typing import Annotated, Any, Literal
 
-from datetime import datetime
 from decimal import Decimal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 from sqlmodel import Session
 
 from app import campaigns as service
@@ -35,18 +34,24 @@ def _view(v: service.CampaignView) -> dict[str, Any]:
 
 
 class BudgetIn(BaseModel):
-    limit: Decimal | None = Field(description="the new limit in the program's currency; null = no limit")
+    # checked here, before Temporal is reached: a bad amount is a 422 naming it whether Temporal is up or not
+    limit: Decimal | None = Field(gt=0, allow_inf_nan=False, max_digits=14, decimal_places=4,
+                                  description="the new limit in the program's currency; null = no limit")
 
 
 class EndIn(BaseModel):
-    end_at: datetime | None = Field(description="ISO 8601 with offset; null = no end date")
+    end_at: AwareDatetime | None = Field(description="ISO 8601 with offset; null = no end date")
 
 
 def _spec_from(raw: bytes, ctype: str) -> Any:
+    try:  # a byte that is not UTF-8 is refused, never replaced: a spec is launched as it was written
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Invalid([("body", f"not UTF-8 text (byte {exc.start}): send the spec as UTF-8")]) from None
     if "yaml" in ctype:
-        return load_spec(raw.decode("utf-8", errors="replace"))
+        return load_spec(text)
     try:
-        return parse_spec(json.loads(raw or b"null"))
+        return parse_spec(json.loads(text or "null"))
     except json.JSONDecodeError as exc:
         raise Invalid([("body", f"not valid JSON: {exc.msg} at line {exc.lineno}")]) from None
 
@@ -84,16 +89,18 @@ async def campaign_status(key: Key, program: ProgramQ, engine: EngineDep, client
 
 @router.put("/{key}/budget", dependencies=[Depends(require(Role.marketer))])
 async def change_budget(key: Key, body: BudgetIn, program: ProgramQ, engine: EngineDep,
-                        client: TemporalDep) -> dict[str, Any]:
+                        request: Request) -> dict[str, Any]:
     """Raise (or lower, or remove) the budget; a campaign stopped by its budget goes on."""
+    client = await request.app.state.temporal()  # only once the body is valid
     return _view(await service.set_budget(engine=engine, client=client, program=program, key=key,
                                           limit=body.limit))
 
 
 @router.put("/{key}/end", dependencies=[Depends(require(Role.marketer))])
 async def change_end(key: Key, body: EndIn, program: ProgramQ, engine: EngineDep,
-                     client: TemporalDep) -> dict[str, Any]:
+                     request: Request) -> dict[str, Any]:
     """Move a running campaign's end date."""
+    client = await request.app.state.temporal()  # only once the body is valid
     return _view(await service.set_end(engine=engine, client=client, program=program, key=key,
                                        end_at=body.end_at))
 
