@@ -98,6 +98,7 @@ class FakeFcm:
     issued: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)                 # the message names answered
     script: list[Scripted] = field(default_factory=list)
+    script_for: dict[str, list[Scripted]] = field(default_factory=dict)   # per device token
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -110,6 +111,12 @@ class FakeFcm:
         with self.lock:
             self.script.append(Scripted(**kwargs))
 
+    def then_for(self, token: str, **kwargs: Any) -> None:
+        """Script the answer to the next message to this device token (whatever order concurrent sends
+        arrive in)."""
+        with self.lock:
+            self.script_for.setdefault(token, []).append(Scripted(**kwargs))
+
     def issue_token(self) -> str:
         """What Google's OAuth server does: a new access token this fake will accept."""
         with self.lock:
@@ -117,8 +124,11 @@ class FakeFcm:
             self.issued.append(token)
             return token
 
-    def _next(self) -> Scripted:
+    def _next(self, token: str | None = None) -> Scripted:
         with self.lock:
+            mine = self.script_for.get(token or "")
+            if mine:
+                return mine.pop(0)
             return self.script.pop(0) if self.script else Scripted()
 
     def _name(self, project: str) -> str:
@@ -158,7 +168,8 @@ def _handler(fake: FakeFcm) -> type[BaseHTTPRequestHandler]:
             if payload is None:
                 self._json(400, google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received."))
                 return
-            answer = fake._next()
+            message = payload.get("message") if isinstance(payload, dict) else None
+            answer = fake._next(message.get("token") if isinstance(message, dict) else None)
             if answer.delay:
                 time.sleep(answer.delay)
             if answer.hang_up:

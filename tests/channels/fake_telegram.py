@@ -60,6 +60,7 @@ class FakeTelegram:
     port: int = 0
     requests: list[Recorded] = field(default_factory=list)
     script: list[Scripted] = field(default_factory=list)
+    script_for: dict[str, list[Scripted]] = field(default_factory=dict)   # per chat_id
     lock: threading.Lock = field(default_factory=threading.Lock)
     message_ids: Iterator[int] = field(default_factory=lambda: itertools.count(101))
     webhook: dict[str, Any] = field(default_factory=dict)
@@ -78,6 +79,11 @@ class FakeTelegram:
         with self.lock:
             self.script.append(Scripted(**kwargs))
 
+    def then_for(self, chat_id: str, **kwargs: Any) -> None:
+        """Script the answer to the next request to this chat (whatever order concurrent sends arrive in)."""
+        with self.lock:
+            self.script_for.setdefault(str(chat_id), []).append(Scripted(**kwargs))
+
     def fail(self, status: int, description: str, **parameters: Any) -> None:
         """Script an error answer in Telegram's shape."""
         self.then(status=status, description=description, parameters=parameters or None)
@@ -86,8 +92,11 @@ class FakeTelegram:
         with self.lock:
             return [r for r in self.requests if r.api_method == api_method]
 
-    def _next(self) -> Scripted:
+    def _next(self, chat_id: Any = None) -> Scripted:
         with self.lock:
+            mine = self.script_for.get(str(chat_id))
+            if mine:
+                return mine.pop(0)
             return self.script.pop(0) if self.script else Scripted()
 
 
@@ -124,7 +133,7 @@ def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
             with fake.lock:
                 fake.requests.append(Recorded(api_method, token, self.command, content_type, params,
                                               {k.lower(): v for k, v in self.headers.items()}))
-            answer = fake._next()
+            answer = fake._next(params.get("chat_id"))
             if answer.delay:
                 time.sleep(answer.delay)
             if answer.hang_up:

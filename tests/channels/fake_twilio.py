@@ -48,6 +48,7 @@ class FakeTwilio:
     requests: list[Recorded] = field(default_factory=list)
     times: list[float] = field(default_factory=list)      # time.time() of each request, in order
     script: list[Scripted] = field(default_factory=list)
+    script_to: dict[str, list[Scripted]] = field(default_factory=dict)   # per recipient (the form's To)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -59,8 +60,16 @@ class FakeTwilio:
         with self.lock:
             self.script.append(Scripted(**kwargs))  # type: ignore[arg-type]
 
-    def _next(self) -> Scripted:
+    def then_to(self, to: str, **kwargs: object) -> None:
+        """Script the answer to the next request to this number (whatever order concurrent sends arrive in)."""
         with self.lock:
+            self.script_to.setdefault(to, []).append(Scripted(**kwargs))  # type: ignore[arg-type]
+
+    def _next(self, to: str | None = None) -> Scripted:
+        with self.lock:
+            mine = self.script_to.get(to or "")
+            if mine:
+                return mine.pop(0)
             return self.script.pop(0) if self.script else Scripted()
 
 
@@ -74,7 +83,7 @@ def _handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
                 fake.times.append(time.time())
                 fake.requests.append(Recorded("POST", self.path, {k.lower(): v for k, v in self.headers.items()},
                                               form))
-            answer = fake._next()
+            answer = fake._next(form.get("To"))
             if answer.delay:
                 time.sleep(answer.delay)
             if answer.hang_up:
