@@ -107,19 +107,21 @@ def attribute(session: Session, purchases: Sequence[Purchase]) -> list[Attribute
     for r in rows:
         exposed = r.sent_at if r.status != DeliveryStatus.held_out else (r.due_at or r.created_at)
         by_member.setdefault(r.member_id, []).append((_aware(exposed), r.id, r))
-    done: list[Attributed] = []
+    chosen: list[tuple[Purchase, Any]] = []
     for p in purchases:
-        chosen = max(((at, did, r) for at, did, r in by_member.get(p.member_id, ())
-                      if at <= p.at and p.at - at <= windows[r.campaign_id]), default=None,
-                     key=lambda c: (c[0], c[1]))
-        if chosen is None:
-            continue
-        _, delivery_id, row = chosen
-        new = responses.record(session, delivery_id=delivery_id, kind=ResponseKind.converted, at=p.at,
-                               event_id=f"purchase:{p.event_id}", value=p.amount, campaign_id=row.campaign_id,
-                               # the daily curve tells the control group's purchases apart without a join
-                               detail=CONTROL if row.status == DeliveryStatus.held_out else None)
-        if not new:
+        best = max(((at, did, r) for at, did, r in by_member.get(p.member_id, ())
+                    if at <= p.at and p.at - at <= windows[r.campaign_id]), default=None,
+                   key=lambda c: (c[0], c[1]))
+        if best is not None:
+            chosen.append((p, best[2]))
+    new = responses.record_many(session, [responses.NewResponse(
+        delivery_id=row.id, campaign_id=row.campaign_id, kind=ResponseKind.converted, at=p.at,
+        event_id=f"purchase:{p.event_id}", value=p.amount,
+        # the daily curve tells the control group's purchases apart without a join
+        detail=CONTROL if row.status == DeliveryStatus.held_out else None) for p, row in chosen])
+    done: list[Attributed] = []
+    for p, row in chosen:
+        if f"purchase:{p.event_id}" not in new:   # attributed before
             continue
         if row.step != "main":
             main = session.scalar(select(Delivery.id).where(
@@ -127,7 +129,7 @@ def attribute(session: Session, purchases: Sequence[Purchase]) -> list[Attribute
                 Delivery.step == "main", Delivery.occurrence == row.occurrence))
             if main is not None:
                 responses.mark(session, delivery_id=main, bits=responses.CONVERTED_LATER)
-        done.append(Attributed(event_id=p.event_id, delivery_id=delivery_id, campaign_id=row.campaign_id))
+        done.append(Attributed(event_id=p.event_id, delivery_id=row.id, campaign_id=row.campaign_id))
     return done
 
 

@@ -53,6 +53,31 @@ def test_a_response_is_written_once_and_sets_its_bits(any_db_url):
     eng.dispose()
 
 
+def test_many_responses_at_once_count_each_event_id_once(any_db_url):
+    """record_many (a batch of attributed purchases): an id recorded before, or twice in the batch, adds nothing."""
+    eng = make_engine(any_db_url)
+    campaign_id, did = _delivery(eng)
+    now = utcnow()
+    with session_scope(eng) as s:
+        assert responses.record(s, delivery_id=did, kind="converted", at=now, event_id="p:0", value=Decimal("1"))
+
+    def bought(eid: str, value: str | None) -> responses.NewResponse:
+        return responses.NewResponse(delivery_id=did, campaign_id=campaign_id, kind=ResponseKind.converted,
+                                     at=now, event_id=eid, value=Decimal(value) if value else None)
+
+    with session_scope(eng) as s:
+        new = responses.record_many(s, [bought("p:0", "100"), bought("p:1", "2.50"), bought("p:1", "2.50"),
+                                        bought("p:2", None), bought("p:3", "4")])
+    assert new == {"p:1", "p:2", "p:3"}
+    with Session(eng) as s:
+        d = s.get(Delivery, did)
+        assert d.response_flags == CONVERTED and d.revenue == Decimal("7.50")   # 1 + 2.50 + 4
+        assert s.scalar(select(func.count()).select_from(Response)) == 4
+    with session_scope(eng) as s:
+        assert responses.record_many(s, [bought("p:3", "4")]) == set() and responses.record_many(s, []) == set()
+    eng.dispose()
+
+
 def test_the_migration_fills_in_responses_recorded_before_it(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
     upgrade(url, revision="0005")
