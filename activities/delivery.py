@@ -65,7 +65,7 @@ from consent.policy import CHANNEL_WIDE, SERVICE_TOPIC, decide
 from consent.tokens import Signer
 from members.coupons import assign_codes
 from members.profile import address_lines
-from storage.db import insert_ignore, session_scope
+from storage.db import insert_ignore, session_scope, write_scope
 from storage.tables import (
     Campaign,
     Card,
@@ -945,7 +945,7 @@ class DeliveryActivities:
                                              channel=channel, version=version)
 
     def _defer(self, ids: list[int], reason: str) -> None:
-        with session_scope(self._engine) as s:
+        with write_scope(self._engine) as s:
             self._defer_rows(s, ids, reason)
 
     def _defer_rows(self, s: Session, ids: list[int], reason: str, due_at: datetime | None = None) -> None:
@@ -960,7 +960,7 @@ class DeliveryActivities:
         the allowed rows become `sending` (committed)."""
         if not items:
             return []
-        with session_scope(self._engine) as s:
+        with write_scope(self._engine) as s:
             # lock the campaign row first: claims of one campaign serialize (budget), on SQLite all writers
             s.execute(update(Campaign).where(Campaign.id == ctx.id)  # type: ignore[arg-type]
                       .values(budget_spent=Campaign.budget_spent))
@@ -1067,7 +1067,7 @@ class DeliveryActivities:
                            "b_code": o.code, "b_pmid": o.provider_message_id,
                            "b_cost": o.cost if charged else None, "b_channel": o.channel, "b_locale": o.locale,
                            "b_attempts": list(o.attempts) if o.attempts else None, "b_due": o.due_at})
-        with session_scope(self._engine) as s:
+        with write_scope(self._engine) as s:
             # a write first: on SQLite it takes the write lock before the read below, on PostgreSQL the campaign
             # row (the refund below changes it anyway)
             s.execute(update(Campaign).where(Campaign.id == ctx.id)  # type: ignore[arg-type]

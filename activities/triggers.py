@@ -27,7 +27,7 @@ from campaigns import schedule
 from campaigns.audience import audience_clause
 from campaigns.spec import TimeTrigger
 from campaigns.triggers import event_conditions
-from storage.db import insert_ignore, session_scope
+from storage.db import insert_ignore, session_scope, write_scope
 from storage.tables import Delivery, DeliveryStatus, Event, Member, utcnow
 from workflows.contracts import MatchEvents, MatchResult
 
@@ -62,7 +62,7 @@ class TriggerActivities:
         assert trigger is not None and trigger.event is not None
         now = parse_now(inp.now)
         settled = utcnow() - (COMMIT_GRACE if self._engine.dialect.name != "sqlite" else timedelta(0))
-        with session_scope(self._engine) as s:
+        with write_scope(self._engine) as s:
             examined = list(s.execute(
                 select(Event.id, Event.received_at).where(Event.program_id == ctx.program_id,
                                                           Event.id > inp.after)  # type: ignore[operator]

@@ -1,7 +1,8 @@
 """Triggered campaigns: purchase events posted at a fixed rate through the HTTP API, to the email at the provider.
 
     .venv/bin/python bench/triggers.py [--rate R] [--seconds S] [--members N] [--batch B] [--poll P]
-                                       [--runs K] [--topology embedded|split] [--connections C] [--keep]
+                                       [--runs K] [--topology embedded|split] [--connections C] [--deliverers D]
+                                       [--keep]
 
 Each run, from scratch:
 
@@ -255,7 +256,7 @@ class Stack:
     ``sys.setswitchinterval`` set first (a diagnosis knob; the default is Python's 5 ms)."""
 
     def __init__(self, workdir: Path, smtp_port: int, poll_s: float, topology: str = "embedded",
-                 switch_interval: float | None = None) -> None:
+                 switch_interval: float | None = None, deliverers: int = 4) -> None:
         self.workdir, self.topology, self.switch_interval = workdir, topology, switch_interval
         self.api_port = free_port()
         self.temporal_port = free_port()
@@ -265,6 +266,7 @@ class Stack:
             "CLARION_TEMPORAL_DEV_PORT": str(self.temporal_port), "CLARION_TEMPORAL_UI_PORT": str(free_port()),
             "CLARION_MAILBOX_ENABLED": "false", "CLARION_SMTP_HOST": "127.0.0.1",
             "CLARION_SMTP_PORT": str(smtp_port), "CLARION_TRIGGER_POLL_S": str(poll_s),
+            "CLARION_TRIGGER_CONCURRENCY": str(deliverers),
             "CLARION_SIGNING_SECRET": "bench-secret",
         })
         if topology == "split":
@@ -830,7 +832,7 @@ async def run_once(index: int, args: argparse.Namespace) -> RunResult:
     workdir = Path(tempfile.mkdtemp(prefix=f"clarion-trig-{index}-"))
     db_url = f"sqlite:///{(workdir / 'clarion.db').as_posix()}"
     sink = Sink(free_port(), workdir)
-    stack = Stack(workdir, sink.port, args.poll, args.topology, args.switch_interval)
+    stack = Stack(workdir, sink.port, args.poll, args.topology, args.switch_interval, args.deliverers)
     LIVE[:] = [stack, sink]
     try:
         say(f"[run {index}] seeding {args.members:,} members into {workdir / 'clarion.db'} (load average "
@@ -849,7 +851,7 @@ async def run_once(index: int, args: argparse.Namespace) -> RunResult:
                     raise
                 say(f"[run {index}] the stack did not start ({str(exc).strip().splitlines()[-1][:200]}); "
                     "trying again on other ports")
-                stack = Stack(workdir, sink.port, args.poll, args.topology, args.switch_interval)
+                stack = Stack(workdir, sink.port, args.poll, args.topology, args.switch_interval, args.deliverers)
                 LIVE[:] = [stack, sink]
         res.startup_s = time.perf_counter() - t
         say(f"[run {index}] seeded in {res.seed_s:.1f} s; {args.topology} stack {stack.pids()} answered in "
@@ -1018,6 +1020,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="events per request: 1 = POST /api/v1/events; N > 1 = POST /api/v1/events/batch")
     p.add_argument("--poll", type=float, default=float(os.environ.get("CLARION_TRIGGER_POLL_S", 1.0)),
                    help="CLARION_TRIGGER_POLL_S for the stack: how often the campaign looks for new events")
+    p.add_argument("--deliverers", type=int, default=4,
+                   help="CLARION_TRIGGER_CONCURRENCY for the stack: deliver_due activities side by side each round")
     p.add_argument("--runs", "-r", type=int, default=1, help="repeat the whole measurement (fresh stack each)")
     p.add_argument("--connections", type=int, default=64,
                    help="keep-alive HTTP connections of the load generator (requests in flight at most)")
@@ -1041,7 +1045,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     say(f"triggered-campaign bench: rate={args.rate:g}/s seconds={args.seconds:g} members={args.members} "
-        f"batch={args.batch} poll={args.poll:g} s topology={args.topology} runs={args.runs} cpus={os.cpu_count()} "
+        f"batch={args.batch} poll={args.poll:g} s deliverers={args.deliverers} topology={args.topology} runs={args.runs} cpus={os.cpu_count()} "
         f"python={sys.version.split()[0]}")
     try:
         return asyncio.run(main_async(args))

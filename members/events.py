@@ -25,7 +25,7 @@ from sqlmodel import Session
 
 from analytics.attribution import attribute, purchase_of
 from campaigns.spec import EVENT_TYPE
-from storage.db import insert_ignore, session_scope
+from storage.db import insert_ignore, write_scope
 from storage.tables import Event, Member, Program, utcnow
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def ingest_events(*, engine: Engine, program_id: int, items: Sequence[EventIn | 
                               "member_id": member_id, "occurred_at": e.occurred_at.astimezone(UTC),
                               "payload": e.payload, "received_at": now}
         if rows:
-            with session_scope(engine) as s:
+            with write_scope(engine) as s:
                 stmt = insert_ignore(s, Event.__table__, ["program_id", "source_event_id"])
                 inserted = s.execute(stmt.returning(Event.__table__.c.id, Event.__table__.c.source_event_id),
                                      list(rows.values())).all()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,31 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+_write_turns: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_write_turns_guard = threading.Lock()
+
+
+def write_turn(engine: Engine) -> threading.RLock | nullcontext[None]:
+    """On SQLite (one writer at a time), this process's writers take turns on a lock of ours before they
+    write. Without it, threads that meet SQLite's write lock wait in its busy handler, which sleeps in steps of
+    1 to 100 ms and wakes late: with several delivery activities in one worker, most of a chunk's time went
+    there (py-spy, bench/README.md). Other processes still meet the busy handler. PostgreSQL: no turn."""
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    with _write_turns_guard:
+        turn = _write_turns.get(engine)
+        if turn is None:
+            turn = _write_turns[engine] = threading.RLock()
+        return turn
+
+
+@contextmanager
+def write_scope(engine: Engine) -> Iterator[Session]:
+    """:func:`session_scope` for a transaction that writes, holding this process's :func:`write_turn`."""
+    with write_turn(engine), session_scope(engine) as session:
+        yield session
 
 
 def dialect_insert(engine_or_session: Any, table: Any) -> Any:
