@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,8 +55,45 @@ def get_program(session: Session, key: str) -> Program:
     return program
 
 
+def program_problems(*, key: str, name: str, default_locale: str, time_zone: str,
+                     currency: str) -> list[tuple[str, str]]:
+    """What is wrong with a new program's fields, as (field, message): a program is only written whole."""
+    from babel.numbers import is_currency
+
+    from campaigns.schedule import UnknownTimeZone, zone
+    from campaigns.spec import KEY
+    from templates.render import normalize_locale
+
+    found: list[tuple[str, str]] = []
+    if not re.fullmatch(KEY, key or ""):
+        found.append(("key", f"{key[:70]!r}: use a-z, 0-9, _ and - (at most 64, starting with a letter or digit)"))
+    if not (name or "").strip() or len(name) > 200:
+        found.append(("name", "give a name of 1 to 200 characters"))
+    try:
+        normalize_locale(default_locale or "")
+    except ValueError:
+        found.append(("locale", f"unknown locale {default_locale[:40]!r}: use a CLDR locale such as en, ru, de-AT"))
+    try:
+        zone(time_zone)
+    except UnknownTimeZone as exc:
+        found.append(("time_zone", str(exc)))
+    if not re.fullmatch(r"[A-Z]{3}", currency or "") or not is_currency(currency):
+        found.append(("currency", f"{currency[:20]!r} is not an ISO 4217 currency code (EUR, RUB, USD, ...)"))
+    return found
+
+
 def ensure_program(*, engine: Engine, key: str, name: str, default_locale: str = "en",
                    time_zone: str = "UTC", currency: str = "EUR") -> Program:
+    """The program ``key``, created with these fields when it does not exist yet (refused with a SpecError
+    naming each bad field, nothing written)."""
+    from campaigns.spec import SpecError
+    from templates.render import normalize_locale
+
+    problems = program_problems(key=key, name=name, default_locale=default_locale, time_zone=time_zone,
+                                currency=currency)
+    if problems:
+        raise SpecError(problems)
+    default_locale = normalize_locale(default_locale)
     with session_scope(engine) as s:
         found = s.scalar(select(Program).where(Program.key == key))
         if found:
@@ -153,6 +192,56 @@ def upsert_members(*, engine: Engine, program_id: int, items: Iterable[tuple[int
     return created, len(items) - created
 
 
+def _known_column(col: str) -> bool:
+    if col in ("attributes", "postal_address"):
+        return False
+    return (col.startswith(("attr.", "consent.")) or col in PROFILE_COLUMNS or col in ("external_id", "card")
+            or (col.startswith("address.") and col[8:] in ADDRESS_FIELDS))
+
+
+def header_errors(columns: Iterable[str]) -> list[RowError]:
+    """The CSV header's problems, each naming its column (line 1): a file with one is refused before any row is
+    read, rather than every one of its rows being refused for the same column."""
+    errors = []
+    for col in columns:
+        if not _known_column(col):
+            errors.append(RowError(1, None, col, "unknown column: use external_id, " + ", ".join(
+                c for c in PROFILE_COLUMNS if c not in ("attributes", "postal_address"))
+                + ", card, attr.<name>, consent.<channel>.<topic> or address.<"
+                + "|".join(ADDRESS_FIELDS) + ">"))
+        elif col.startswith("consent.") and len(col.split(".")) != 3:
+            errors.append(RowError(1, None, col, "use consent.<channel>.<topic>"))
+    return errors
+
+
+def check_utf8(stream: Any, *, chunk: int = 1 << 20) -> None:
+    """A text file opened for reading is checked to be UTF-8 through to its end before anything is imported
+    (then rewound): a bad byte on the millionth line must not leave the rows before it written. Raises
+    UnicodeDecodeError with the byte's position in the file. Streams that cannot be rewound (stdin, a pipe)
+    are not checked here: they stop at the first bad line."""
+    if not isinstance(stream, io.TextIOWrapper) or not stream.seekable() or \
+            codecs.lookup(stream.encoding).name != "utf-8" or stream.tell() != 0:
+        return
+    raw = stream.buffer
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    try:
+        while True:
+            data = raw.read(chunk)
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                # exc.object is the data after the (up to 3) bytes of a character the last chunk left unfinished
+                at = offset - (len(exc.object) - len(data))
+                raise UnicodeDecodeError("utf-8", exc.object[exc.start:exc.end], at + exc.start, at + exc.end,
+                                         exc.reason) from None
+            if not data:
+                return
+            offset += len(data)
+    finally:
+        stream.seek(0)
+
+
 def parse_row(line: int, raw: dict[str, str]) -> tuple[str, MemberIn] | RowError:
     """A CSV row → (external id, profile). Columns: external_id, the profile fields, attr.<name>,
     consent.<channel>.<topic> (yes/no), address.<line1|line2|postcode|city|region|country|name> and
@@ -166,9 +255,7 @@ def parse_row(line: int, raw: dict[str, str]) -> tuple[str, MemberIn] | RowError
         if col is None:
             return RowError(line, ext, "row", "more values than columns")
         value = (value or "").strip()
-        known = (col.startswith(("attr.", "consent.")) or col in PROFILE_COLUMNS or col in ("external_id", "card")
-                 or (col.startswith("address.") and col[8:] in ADDRESS_FIELDS))
-        if not known or col in ("attributes", "postal_address"):
+        if not _known_column(col):
             return RowError(line, ext, col, "unknown column")
         if col == "external_id" or value == "":
             continue
@@ -200,11 +287,19 @@ def parse_row(line: int, raw: dict[str, str]) -> tuple[str, MemberIn] | RowError
 
 def import_csv(*, engine: Engine, program_id: int, stream: io.TextIOBase | Iterator[str],
                batch_size: int = 1000, progress: Callable[[int], None] | None = None) -> ImportResult:
-    """Stream a CSV: good rows are kept (in batches), each bad row is reported by line and field."""
+    """Stream a CSV: good rows are kept (in batches), each bad row is reported by line and field. A file that
+    is not UTF-8 (checked first when it can be read twice) or whose header names an unknown column writes
+    nothing."""
     result = ImportResult()
+    check_utf8(stream)
     reader = csv.DictReader(stream)
+    if reader.fieldnames and reader.fieldnames[0].startswith("\ufeff"):   # Excel's "CSV UTF-8" starts with a BOM
+        reader.fieldnames = [reader.fieldnames[0][1:], *reader.fieldnames[1:]]
     if not reader.fieldnames or "external_id" not in reader.fieldnames:
         result.errors.append(RowError(1, None, "external_id", "the header must name an external_id column"))
+        return result
+    result.errors.extend(header_errors(reader.fieldnames))
+    if result.errors:
         return result
     batch: list[tuple[int | None, str, MemberIn]] = []
     seen: dict[str, int] = {}
@@ -219,7 +314,14 @@ def import_csv(*, engine: Engine, program_id: int, stream: io.TextIOBase | Itera
         batch.clear()
         seen.clear()
 
-    for raw in reader:
+    while True:
+        try:
+            raw = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # a value over the csv module's 128 KB limit: this row, not the import, fails
+            result.errors.append(RowError(reader.reader.line_num, None, "row", f"not a CSV row that can be read: {exc}"))
+            continue
         line = reader.line_num
         parsed = parse_row(line, raw)
         if isinstance(parsed, RowError):

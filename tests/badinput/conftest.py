@@ -17,13 +17,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 from typer.testing import CliRunner
 
-import storage.tables  # noqa: F401 - every table in SQLModel.metadata
 from app.api.main import create_app
 from app.cli import app as cli_app
 from app.keys import create_key
 from app.settings import Settings
 from storage.migrate import upgrade
-from storage.tables import Role
+from storage.tables import Role  # with every table: SQLModel.metadata holds them all
 from tests.conftest import free_port
 from tests.factories import seed_members
 
