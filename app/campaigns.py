@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from temporalio.client import (
     Client,
@@ -121,21 +121,7 @@ async def launch(*, engine: Engine, client: Client, settings: Settings, spec: Ca
     digest = spec_hash(spec)
     # the versions it launches with: rendered as they are now for as long as it runs
     pinned = {name: renderer.store.pin(name) for name in spec.all_templates}
-    with session_scope(engine) as s:
-        program = get_program(s, spec.program)
-        row = s.scalar(select(Campaign).where(Campaign.program_id == program.id, Campaign.key == spec.key))
-        if row is None:
-            kind = "triggered" if spec.kind == "triggered" else "broadcast"
-            row = Campaign(program_id=program.id, key=spec.key, name=spec.name, kind=spec.kind,
-                           topic=spec.topic, spec=spec.model_dump(mode="json"), spec_hash=digest,
-                           status=CampaignStatus.scheduled, budget_limit=spec.budget,
-                           workflow_id=workflow_id(program.key, spec.key, kind), template_versions=pinned)
-            s.add(row)
-            s.flush()
-        elif row.spec_hash != digest and not _same_spec(row.spec, spec):
-            raise Conflict(f"campaign {spec.key!r} was already launched with a different spec; "
-                           "give the new one another key", field="key")
-        campaign_id, wf_id, status, program_tz = row.id or 0, row.workflow_id or "", row.status, program.time_zone
+    campaign_id, wf_id, status, program_tz = _campaign_row(engine, spec, digest, pinned)
     if status in (CampaignStatus.completed, CampaignStatus.cancelled):
         raise Conflict(f"campaign {spec.key!r} already ran ({status}); nothing was sent again", field="key")
     if uses_schedule(spec):
@@ -151,6 +137,34 @@ async def launch(*, engine: Engine, client: Client, settings: Settings, spec: Ca
         except WorkflowAlreadyStartedError:
             pass  # it ran before (a closed run): the row's status says how it ended
     return await status_of(engine=engine, client=client, program=spec.program, key=spec.key)
+
+
+def _campaign_row(engine: Engine, spec: CampaignSpec, digest: str,
+                  pinned: dict[str, int]) -> tuple[int, str, str, str]:
+    """(id, workflow id, status, program time zone) of the campaign's row, written now if there is none.
+    Two launches at once (two API processes, a double click) may both find none and both write it: the
+    unique key (program, key) lets one in, and the other, refused, reads the row the first one wrote."""
+    for attempt in (1, 2):
+        try:
+            with session_scope(engine) as s:
+                program = get_program(s, spec.program)
+                row = s.scalar(select(Campaign).where(Campaign.program_id == program.id, Campaign.key == spec.key))
+                if row is None:
+                    kind = "triggered" if spec.kind == "triggered" else "broadcast"
+                    row = Campaign(program_id=program.id, key=spec.key, name=spec.name, kind=spec.kind,
+                                   topic=spec.topic, spec=spec.model_dump(mode="json"), spec_hash=digest,
+                                   status=CampaignStatus.scheduled, budget_limit=spec.budget,
+                                   workflow_id=workflow_id(program.key, spec.key, kind), template_versions=pinned)
+                    s.add(row)
+                    s.flush()
+                elif row.spec_hash != digest and not _same_spec(row.spec, spec):
+                    raise Conflict(f"campaign {spec.key!r} was already launched with a different spec; "
+                                   "give the new one another key", field="key")
+                return row.id or 0, row.workflow_id or "", row.status, program.time_zone
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _workflow_and_input(spec: CampaignSpec, campaign_id: int, settings: Settings,
