@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     rate_webhooks_burst: int = Field(default=2000, ge=1)
     rate_token_per_s: float = Field(default=0.2, gt=0)        # one link or tracking token, whoever asks
     rate_token_burst: int = Field(default=20, ge=1)
+    # Strict-Transport-Security on every answer when the public base URL is https (0: not sent)
+    hsts_max_age_s: int = Field(default=31_536_000, ge=0)
 
     @cached_property
     def db_url(self) -> str:
