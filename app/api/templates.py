@@ -14,10 +14,14 @@ from app.errors import Invalid, NotFound
 from app.previews import PreviewError, PreviewSigner, preview
 from storage.tables import Role
 from templates.check import check
+from templates.render import normalize_locale
 
 router = APIRouter(prefix="/api/v1/templates", tags=["templates"],
                    dependencies=[Depends(require(Role.marketer, Role.analyst))])
-Name = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")]
+# the routes take ``{name:path}`` so that a name with slashes (``../../etc/passwd``, ``/etc/passwd``, also sent
+# as %2F) reaches this pattern and is refused naming ``name``, instead of missing every route
+Name = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$",
+                           description="a template's name: a-z, 0-9, _ and - (never a path)")]
 Key = Annotated[str, Query(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")]
 # an email's HTML as the member sees it, opened in the marketer's browser on the API's own origin: the images
 # it shows, its inline styles and nothing else (no script, no form, no frame, no base), sandboxed to a unique
@@ -41,7 +45,7 @@ def list_templates(renderer: RendererDep) -> dict[str, Any]:
     return {"templates": out}
 
 
-@router.get("/{name}/check")
+@router.get("/{name:path}/check")
 def check_template(name: Name, renderer: RendererDep, version: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
     """Every channel in every locale rendered with a sample member: problems by file (errors and warnings)."""
     problems = check(renderer, name, version)
@@ -49,7 +53,7 @@ def check_template(name: Name, renderer: RendererDep, version: Annotated[int | N
             "problems": [{"file": p.where, "message": p.message, "severity": p.severity} for p in problems]}
 
 
-@router.get("/{name}/preview")
+@router.get("/{name:path}/preview")
 def preview_template(name: Name, request: Request, engine: EngineDep, renderer: RendererDep,
                      settings: SettingsDep, program: Key, member: Annotated[str, Query(min_length=1, max_length=128)],
                      channel: Annotated[str, Query(pattern=r"^[a-z_]{3,16}$")] = "email",
@@ -60,6 +64,11 @@ def preview_template(name: Name, request: Request, engine: EngineDep, renderer: 
     """The exact message ``member`` would get; ``format=html`` gives an email's HTML as the member sees it."""
     if width not in (32, 42, 48):
         raise Invalid([("width", "use 32, 42 or 48")])
+    if locale is not None:
+        try:  # a locale CLDR does not know is a mistake, not a member to fall back for
+            locale = normalize_locale(locale)
+        except ValueError as exc:
+            raise Invalid([("locale", f"{exc}: give one such as en, ru or de-AT")]) from None
     builder = MessageBuilder(renderer=renderer, signer=PreviewSigner(),  # type: ignore[arg-type]
                              base_url=settings.base_url, unsubscribe_mailto=settings.unsubscribe_mailto)
     try:

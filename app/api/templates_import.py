@@ -24,7 +24,9 @@ from templates.importer import (
 from templates.store import NAME
 
 router = APIRouter(tags=["templates"])
-Name = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")]
+# ``{name:path}`` in the route: a name with slashes (``../x``) is refused naming ``name`` instead of missing the route
+Name = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$",
+                           description="a template's name: a-z, 0-9, _ and - (never a path)")]
 ASSET_PATH = re.compile(r"images(?:/[A-Za-z0-9_\-][A-Za-z0-9._\-]*)+")
 CACHE_FOREVER = "public, max-age=31536000, immutable"      # a version never changes
 
@@ -33,7 +35,7 @@ def _problem(p: ImportProblem) -> tuple[str, str]:
     return p.file, ("warning: " if p.severity == "warning" else "") + p.message
 
 
-@router.post("/api/v1/templates/{name}/versions", status_code=201,
+@router.post("/api/v1/templates/{name:path}/versions", status_code=201,
              dependencies=[Depends(require(Role.marketer))])
 def import_version(name: Name, renderer: RendererDep, settings: SettingsDep, response: Response,
                    file: Annotated[UploadFile, File(description="the agency's zip")],
