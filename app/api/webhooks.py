@@ -42,6 +42,8 @@ from storage.tables import (
 )
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+TWILIO_SIGNATURE = "X-Twilio-Signature"
+TELEGRAM_SECRET = "X-Telegram-Bot-Api-Secret-Token"
 
 HELP = {
     "en": "{program}: promotional messages. Reply STOP to opt out, START to opt back in.",
@@ -63,8 +65,14 @@ def _twiml(message: str | None = None) -> Response:
                     media_type="application/xml")
 
 
-def _forbidden(what: str) -> JSONResponse:
-    return JSONResponse({"error": "forbidden", "message": what}, status_code=403)
+def _forbidden(field: str, what: str) -> JSONResponse:
+    return JSONResponse({"error": "forbidden", "message": f"{field}: {what}", "field": field}, status_code=403)
+
+
+def _twilio_refused(request: Request) -> JSONResponse:
+    if not request.headers.get("x-twilio-signature"):
+        return _forbidden(TWILIO_SIGNATURE, "missing: Twilio signs every request it sends")
+    return _forbidden(TWILIO_SIGNATURE, "does not sign this URL and form for a Twilio account of this deployment")
 
 
 def _public_url(request: Request, base_url: str) -> str:
@@ -101,7 +109,7 @@ async def twilio_status(request: Request, engine: EngineDep, settings: SettingsD
     """A message's delivery report from Twilio (SMS and WhatsApp)."""
     verified = await _verified_twilio(request, engine, settings.base_url)
     if verified is None:
-        return _forbidden("the request is not signed by a Twilio account of this deployment")
+        return _twilio_refused(request)
     form, accounts = verified
     try:
         event = parse_status(form)
@@ -121,7 +129,7 @@ async def twilio_inbound(request: Request, engine: EngineDep, settings: Settings
     text is a reply. A WhatsApp message opens the member's 24 h window."""
     verified = await _verified_twilio(request, engine, settings.base_url)
     if verified is None:
-        return _forbidden("the request is not signed by a Twilio account of this deployment")
+        return _twilio_refused(request)
     form, accounts = verified
     channel = "whatsapp" if form.get("From", "").startswith("whatsapp:") else "sms"
     event = parse_inbound(form)
@@ -172,12 +180,13 @@ async def telegram_update(program_key: str, request: Request, engine: EngineDep)
         found = s.execute(select(ChannelAccount, Program).join(Program, Program.id == ChannelAccount.program_id)
                           .where(Program.key == program_key, ChannelAccount.channel == "telegram")).first()
     if found is None:
-        return _forbidden("no Telegram bot is set up for this program")
+        return _forbidden("program", "no Telegram bot is set up for this program")
     account, program = found
     config = parse_account("telegram", account.provider, account.config)
-    if not verify_secret(request.headers.get("x-telegram-bot-api-secret-token"),
-                         config.webhook_secret.get_secret_value()):
-        return _forbidden("wrong or missing secret token")
+    presented = request.headers.get("x-telegram-bot-api-secret-token")
+    if not verify_secret(presented, config.webhook_secret.get_secret_value()):
+        return _forbidden(TELEGRAM_SECRET, "does not match the bot's webhook secret" if presented else
+                          "missing: register the webhook with `clarion channels telegram-webhook PROGRAM`")
     try:
         data = await request.json()
     except ValueError:
