@@ -1,7 +1,8 @@
 """No member's email address, phone number or name reaches the logs, at DEBUG, in the JSON format an
 operator ships: a small campaign over SMS (the real twilio library to a fake Twilio on 127.0.0.1) and
 email (aiosmtplib to a fake SMTP server) on the time-skipping server, launched as the API and CLI launch
-it, with a fallback, a refused address and a member without consent; nor in its workflow ids."""
+it, with a fallback, a refused address and a member without consent; nor in what Temporal keeps of it:
+the id, memo, search attributes and history of every workflow execution the campaign started."""
 
 from __future__ import annotations
 
@@ -15,6 +16,18 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
+from temporalio.api.common.v1 import Payload
+from temporalio.api.workflow.v1 import WorkflowExecutionInfo
+from temporalio.api.workflowservice.v1 import (
+    ListClosedWorkflowExecutionsRequest,
+    ListOpenWorkflowExecutionsRequest,
+)
+from temporalio.client import Client
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+)
 
 from app.campaigns import launch
 from app.observability import QUIET, JsonFormatter, configure_logging
@@ -83,6 +96,41 @@ def app_logs(tmp_path: Path) -> Iterator[list[logging.LogRecord]]:
         logging.getLogger(name).setLevel(level)
 
 
+async def executions(client: Client) -> dict[tuple[str, str], WorkflowExecutionInfo]:
+    """Every workflow execution of the namespace, open or closed (the time-skipping server answers these two
+    lists, not ListWorkflowExecutions, and leaves their task queue empty)."""
+    out = {}
+    for request, call in ((ListOpenWorkflowExecutionsRequest, client.workflow_service.list_open_workflow_executions),
+                          (ListClosedWorkflowExecutionsRequest, client.workflow_service.list_closed_workflow_executions)):
+        token = b""
+        while True:
+            page = await call(request(namespace=client.namespace, maximum_page_size=1000, next_page_token=token))
+            out.update({(e.execution.workflow_id, e.execution.run_id): e for e in page.executions})
+            token = page.next_page_token
+            if not token:
+                break
+    return out
+
+
+def _payloads_text(payloads: Any) -> str:
+    return " ".join(p.data.decode("utf-8", "replace") for p in payloads.values() if isinstance(p, Payload))
+
+
+async def personal_data_in(client: Client, workflow_id: str, run_id: str) -> list[tuple[str, str]]:
+    """(where, what) for each seeded name, address or number in the execution's id, memo, search
+    attributes or history (every payload: inputs, results, signals, failures, as stored)."""
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    info = (await handle.describe()).raw_description.workflow_execution_info
+    history = await handle.fetch_history()
+    places = {
+        "workflow id": workflow_id,
+        "memo": _payloads_text(info.memo.fields),
+        "search attributes": _payloads_text(info.search_attributes.indexed_fields),
+        "history": b"".join(e.SerializeToString() for e in history.events).decode("utf-8", "replace"),
+    }
+    return [(where, n) for where, text in places.items() for n in needles() if n in text.lower()]
+
+
 @pytest.fixture
 def twilio() -> Iterator[FakeTwilio]:
     with running_fake_twilio() as fake:
@@ -110,10 +158,13 @@ async def test_a_campaign_logs_no_address_phone_or_name_at_debug_and_its_workflo
     smtp_server.refuse["perpetua.vandersloot@privacy.example"] = 550
     spec = parse_spec(campaign_spec(key="privacy-check", channels=["sms", "email"], template="weekend_offer"))
     async with workers(engine=engine) as rig:
+        before = set(await executions(rig.client))
         settings = Settings(var_dir=tmp_path, temporal_task_queue=rig.task_queue, database_url=str(engine.url))
         view = await launch(engine=engine, client=rig.client, settings=settings, spec=spec,
                             renderer=stored_renderer(engine, settings))
         await rig.finish(rig.client.get_workflow_handle(view.workflow_id))
+        started = [key for key in await executions(rig.client) if key not in before]
+        in_temporal = {key: await personal_data_in(rig.client, *key) for key in started}
 
     rows = deliveries(engine, campaign_id(engine, "privacy-check"))
     statuses = sorted((r.channel, r.status) for r in by_member(rows).values())
@@ -135,3 +186,21 @@ async def test_a_campaign_logs_no_address_phone_or_name_at_debug_and_its_workflo
                 workflow_ids.add(info["workflow_id"])
     assert not leaks, leaks[:5]
     assert not [w for w in workflow_ids if any(n in w.lower() for n in needles())], workflow_ids
+    assert view.workflow_id in {wid for wid, _ in started}, started
+    assert not {key: found for key, found in in_temporal.items() if found}, in_temporal
+
+
+async def test_the_check_finds_personal_data_in_a_workflow_id_memo_search_attribute_and_history(time_skipping_env: Any) -> None:
+    """The scan above is not blind: an execution that does carry a member's data is caught in each place."""
+    client = time_skipping_env.client
+    first, _, email, phone = MEMBERS["P1"]
+    handle = await client.start_workflow("NoSuchWorkflow", {"to": phone}, id=f"leak/{email}",
+                                         task_queue="tq-nobody-polls", memo={"name": first},
+                                         search_attributes=TypedSearchAttributes([SearchAttributePair(
+                                             SearchAttributeKey.for_keyword("CustomKeywordField"), email)]))
+    try:
+        found = set(await personal_data_in(client, handle.id, handle.result_run_id or ""))
+    finally:
+        await handle.terminate()
+    assert {("workflow id", email.lower()), ("memo", first.lower()), ("search attributes", email.lower()),
+            ("history", phone)} <= found, found
