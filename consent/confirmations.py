@@ -136,6 +136,15 @@ def confirm(*, session: Session, confirmation_id: int, proof: Proof, now: dateti
     wide = session.get(ConsentState, (row.member_id, row.channel, CHANNEL_WIDE))
     if wide is not None and wide.status in _BLOCKS and _aware(wide.updated_at, now) >= requested:
         return None          # unsubscribed from the channel, or its address suppressed, since the request
+    # claimed by a conditional UPDATE before anything is written: on SQLite the row lock above is no lock and
+    # reads take none, so two presses at once both read the request open and each wrote the acts; the second
+    # UPDATE now waits for the first's commit and matches no row
+    claimed = session.execute(update(Confirmation).where(
+        Confirmation.id == row.id, Confirmation.status.not_in(("confirmed", "expired")))  # type: ignore[attr-defined]
+        .values(status="confirmed", confirmed_at=now)).rowcount
+    if not claimed:
+        session.refresh(row)
+        return row if row.status == "confirmed" else None
     acts = [ledger.ConsentAct(member_id=row.member_id, channel=row.channel, topic=CHANNEL_WIDE,
                               action=ConsentAction.confirmed, source=proof.source,
                               wording_version=proof.wording_version, text_hash=proof.text_hash, ip=proof.ip,
@@ -146,8 +155,7 @@ def confirm(*, session: Session, confirmation_id: int, proof: Proof, now: dateti
                                ip=proof.ip, user_agent=proof.user_agent)
              for t in row.topics if states.get(t) == ConsentAction.requested]   # not one revoked meanwhile
     ledger.record(session=session, program_id=row.program_id, acts=acts)
-    row.status, row.confirmed_at = "confirmed", now
-    session.add(row)
+    session.refresh(row)
     return row
 
 
