@@ -193,7 +193,7 @@ async def test_the_same_campaign_launched_twice_at_once_is_one_run(
 
 async def test_pausing_and_resuming_ten_times_while_sending_sends_nobody_twice(
         workers: Any, engine: Engine, smtp_server: FaultySmtp, tmp_path: Path) -> None:
-    n = 150
+    n = 300                                       # a cycle lets up to two pages (20) finish: 10 cycles fit
     program, _ = bulk_members(engine, n)
     cid = make_campaign(engine, program, key="toggled")
     smtp_server.pace(0.01)                        # ~100 messages/s over 4 connections: the send lasts a while

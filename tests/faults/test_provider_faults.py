@@ -95,14 +95,14 @@ async def test_twilio_429_slows_down_while_5xx_and_timeouts_stay_in_doubt_and_th
     set_program_settings(engine, program, NO_QUIET)
     set_account(engine=engine, program="shop", channel="sms", provider="twilio", rate_per_s=20,
                 config={"account_sid": SID, "auth_token": TOKEN, "sender": "+15005550006",
-                        "base_url": twilio.url, "timeout_s": 0.5})
+                        "base_url": twilio.url, "timeout_s": 1.0})
     phones = [f"+1415555080{i}" for i in range(5)]
     for mid, phone in zip(ids, phones, strict=True):
         contacts(engine, mid, phone=phone, consent=("sms",))
     twilio.then_to(phones[0], status=429, code=20429, headers={"Retry-After": "1"})
     twilio.then_to(phones[1], status=500, code=20500)
     twilio.then_to(phones[2], status=503, code=20503)
-    twilio.then_to(phones[3], delay=1.0)                     # answers after the client's 0.5 s read timeout
+    twilio.then_to(phones[3], delay=2.5)                     # answers after the client's 1 s read timeout
     cid = make_campaign(engine, program, channels=["sms", "email"], template="weekend_offer")
     result = await run(workers, engine, cid)
 
