@@ -24,7 +24,8 @@ def apply_keyword(*, session: Session, program_id: int, member_ids: Sequence[int
     action = {"stop": ConsentAction.revoked, "start": ConsentAction.granted}.get(kind)
     if action is None or not member_ids:
         return 0
-    # a provider's retry of the same message (or STOP sent twice) is not a new act
+    # a provider's retry of the same message (or STOP sent twice, or both at once) is not a new act
+    ledger.lock_members(session=session, member_ids=member_ids)
     already = {m for m, topics in ledger.states_for(session=session, member_ids=list(member_ids),
                                                      channel=channel).items()
                if topics.get(CHANNEL_WIDE) == action}

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, or_
+from sqlalchemy import and_, insert, or_, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
 from storage.db import dialect_insert
-from storage.tables import ConsentAction, ConsentRecord, ConsentSource, ConsentState, utcnow
+from storage.tables import ConsentAction, ConsentRecord, ConsentSource, ConsentState, Member, utcnow
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,22 @@ class ConsentAct:
     user_agent: str | None = None
     campaign_id: int | None = None
     at: datetime | None = None   # when the member acted (timezone-aware); None = now
+
+
+def lock_members(*, session: Session, member_ids: Iterable[int]) -> None:
+    """Hold these members' consent for the rest of the caller's transaction, before it reads the state it
+    decides on: two requests that read, decide and record at once (a one-click unsubscribe posted twice by a
+    mail provider, a form saved twice, a STOP retried by Twilio) then act one after the other, and the second
+    sees what the first wrote instead of recording the same act again. PostgreSQL locks the members' rows;
+    SQLite has no row locks and its reads take none, so the transaction takes the database's write lock with an
+    UPDATE that changes nothing (the first statement, or the rows read before it may be stale)."""
+    ids = sorted(set(member_ids))
+    if not ids:
+        return
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(Member).where(Member.id.in_(ids)).values(updated_at=Member.updated_at))  # type: ignore[attr-defined]
+    else:
+        session.execute(select(Member.id).where(Member.id.in_(ids)).order_by(Member.id).with_for_update())  # type: ignore[attr-defined]
 
 
 def record(*, session: Session, program_id: int, acts: Iterable[ConsentAct]) -> list[ConsentRecord]:

@@ -223,7 +223,9 @@ def _channel_view(channel: str, states: Mapping[str, str], topics: Iterable[str]
 
 def load(*, session: Session, member_id: int, for_update: bool = False) -> PreferenceView | None:
     """The page of a member; None when the member is unknown or erased (the caller answers 404).
-    ``for_update`` locks the member's row (PostgreSQL) so that two saves at once diff one after the other."""
+    ``for_update`` locks the member (ledger.lock_members) so that two saves at once diff one after the other."""
+    if for_update:
+        ledger.lock_members(session=session, member_ids=[member_id])
     member = session.get(Member, member_id, with_for_update=for_update)
     if member is None or member.erased_at is not None:
         return None

@@ -84,6 +84,7 @@ def unsubscribe(token: str, request: Request, engine: EngineDep, signer: SignerD
         return _page("en", f"<p>{escape(TEXT['en']['bad'])}</p>", 404)
     delivery, campaign, program = found
     with session_scope(engine) as s:
+        ledger.lock_members(session=s, member_ids=[delivery.member_id])    # a provider posting twice at once
         current = s.get(ConsentState, (delivery.member_id, "email", campaign.topic))
         if current is None or current.status != ConsentAction.revoked:
             ledger.record(session=s, program_id=program.id or 0, acts=[ledger.ConsentAct(

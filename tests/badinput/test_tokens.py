@@ -56,13 +56,31 @@ def bad_links(api, purpose: str, payload: dict) -> dict[str, str]:
     }
 
 
-def test_an_expired_forged_or_preview_unsubscribe_link_gets_the_404_and_unsubscribes_nobody(api):
+def sent_email(api, member_id: int = 1) -> int:
     cid = make_campaign(api.engine, api.program_id)
     with session_scope(api.engine) as s:
-        d = Delivery(campaign_id=cid, member_id=1, status="sent", channel="email", locale="en", sent_at=utcnow())
+        d = Delivery(campaign_id=cid, member_id=member_id, status="sent", channel="email", locale="en",
+                     sent_at=utcnow())
         s.add(d)
         s.flush()
-        did = d.id
+        return d.id or 0
+
+
+async def at_once(api, n: int, method: str, path: str, **kw) -> list[httpx.Response]:
+    """``n`` identical requests in flight together (sync routes run on the threadpool: really at once)."""
+    transport = httpx.ASGITransport(app=api.client.app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://clarion.example") as client:
+        return await asyncio.gather(*[client.request(method, path, **kw) for _ in range(n)])
+
+
+def ledger_rows(engine, member_id: int) -> list[tuple[str, str, str]]:
+    with Session(engine) as s:
+        return [(r.channel, r.topic, r.action) for r in s.scalars(
+            select(ConsentRecord).where(ConsentRecord.member_id == member_id).order_by(ConsentRecord.id))]
+
+
+def test_an_expired_forged_or_preview_unsubscribe_link_gets_the_404_and_unsubscribes_nobody(api):
+    did = sent_email(api)
     before, states = counts(api.engine), email_states(api.engine)
     bodies = set()
     for name, token in bad_links(api, UNSUBSCRIBE, {"d": did}).items():
@@ -101,11 +119,16 @@ def test_a_forged_expired_or_foreign_confirmation_link_confirms_nothing(api, req
         assert s.get(Confirmation, requested).status == "pending"
 
 
+async def test_a_one_click_unsubscribe_posted_several_times_at_once_is_one_act(api):
+    token = api.client.app.state.signer.sign(UNSUBSCRIBE, {"d": sent_email(api)}, ttl_s=HOUR)
+    answers = await at_once(api, 6, "POST", f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert [a.status_code for a in answers] == [200] * 6
+    assert ledger_rows(api.engine, 1) == [("email", "promotions", "granted"), ("email", "promotions", "revoked")]
+
+
 async def test_a_confirmation_pressed_twice_at_once_confirms_once(api, requested):
     token = api.client.app.state.signer.sign(CONFIRM_EMAIL, {"c": requested}, ttl_s=CONFIRM_EMAIL_TTL_S)
-    transport = httpx.ASGITransport(app=api.client.app)
-    async with httpx.AsyncClient(transport=transport, base_url="https://clarion.example") as client:
-        answers = await asyncio.gather(*[client.post(f"/c/{token}") for _ in range(4)])
+    answers = await at_once(api, 4, "POST", f"/c/{token}")
     assert [a.status_code for a in answers] == [200] * 4, [a.text[:200] for a in answers]
     with Session(api.engine) as s:
         confirmed = s.scalars(select(ConsentRecord.topic).where(ConsentRecord.action == "confirmed")).all()
@@ -126,3 +149,15 @@ def test_a_preference_form_posted_twice_writes_its_change_once(api):
         assert again.status_code == 303
         assert counts(api.engine) == after_first
     assert email_states(api.engine, 2)["promotions"] == "revoked"
+
+
+async def test_a_preference_form_posted_several_times_at_once_writes_its_change_once(api):
+    url = "/p/" + api.client.app.state.signer.sign(PREFERENCES, {"m": 2}, ttl_s=PREFERENCES_TTL_S)
+    page = api.client.get(url).text
+    answers = await at_once(api, 5, "POST", url, data=form_data(page, untick=("c.email.promotions",)))
+    assert [a.status_code for a in answers] == [303] * 5
+    assert ledger_rows(api.engine, 2) == [("email", "promotions", "granted"), ("email", "promotions", "revoked")]
+    answers = await at_once(api, 5, "POST", url, data=form_data(page, "unsubscribe_all"))
+    assert [a.status_code for a in answers] == [303] * 5
+    revoked = [row for row in ledger_rows(api.engine, 2) if row[1] == "*"]
+    assert len(revoked) == len(set(revoked)) == 8          # each channel once
