@@ -213,6 +213,15 @@ async def time_skipping_env(request: pytest.FixtureRequest, _time_skipping_serve
     yield _time_skipping_server.env
 
 
+@pytest_asyncio.fixture(loop_scope="session")
+async def spent_time_skipping_env(request: pytest.FixtureRequest, time_skipping_env: Any):
+    """The shared time-skipping server for a test that leaves it unfit for others (an execution started on a
+    task queue nobody polls, even terminated, kept later tests' clock skips from returning): the next test that
+    asks for the server gets a new one."""
+    yield time_skipping_env
+    request.session.stash[_SPOILT] = True
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def private_time_skipping_env():
     """A time-skipping server of the module's own, for tests that hold activities open on purpose (gated

@@ -190,9 +190,10 @@ async def test_a_campaign_logs_no_address_phone_or_name_at_debug_and_its_workflo
     assert not {key: found for key, found in in_temporal.items() if found}, in_temporal
 
 
-async def test_the_check_finds_personal_data_in_a_workflow_id_memo_search_attribute_and_history(time_skipping_env: Any) -> None:
+async def test_the_check_finds_personal_data_in_a_workflow_id_memo_search_attribute_and_history(
+        spent_time_skipping_env: Any) -> None:
     """The scan above is not blind: an execution that does carry a member's data is caught in each place."""
-    client = time_skipping_env.client
+    client = spent_time_skipping_env.client
     first, _, email, phone = MEMBERS["P1"]
     handle = await client.start_workflow("NoSuchWorkflow", {"to": phone}, id=f"leak/{email}",
                                          task_queue="tq-nobody-polls", memo={"name": first},
