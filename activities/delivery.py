@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import re
 import time
 from collections import Counter, deque
@@ -39,6 +40,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, bindparam, delete, func, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -121,6 +123,11 @@ REVOKED_BY = {"email": ConsentSource.bounce, "telegram": ConsentSource.telegram}
 # a page stops claiming new chunks after this long (its start-to-close timeout is 10 min): at a slow
 # provider rate the rest of the page stays planned (``paced``) and the workflow sends it with the next pages
 TIME_BUDGET_S = 6 * 60.0
+# how long a chunk's outcomes are tried again while the database is away (within the 30 s heartbeat: it beats
+# between tries)
+RECORD_RETRY_S = 120.0
+
+log = logging.getLogger(__name__)
 
 # a page's members share a few time zones and one `now`: the window math (~0.3 ms) runs once per zone
 _next_allowed = functools.lru_cache(maxsize=4096)(schedule.next_allowed)
@@ -250,8 +257,9 @@ class DeliveryActivities:
     def __init__(self, *, engine: Engine, renderer: Renderer, registry: ChannelRegistry, signer: Signer,
                  base_url: str, unsubscribe_mailto: str, chunk_size: int = 100,
                  final_attempt: int = 10, limiter: SharedRateLimiter | None = None,
-                 time_budget_s: float = TIME_BUDGET_S) -> None:
+                 time_budget_s: float = TIME_BUDGET_S, record_retry_s: float = RECORD_RETRY_S) -> None:
         self._engine = engine
+        self._record_retry_s = record_retry_s
         self._renderer = renderer
         self._registry = registry
         self._messages = MessageBuilder(renderer=renderer, signer=signer, base_url=base_url,
@@ -439,7 +447,7 @@ class DeliveryActivities:
                               else None, channel=o.channel)
                 if o.status in CHARGED:
                     tally.cost += o.cost
-            await asyncio.to_thread(self._record, ctx, outcomes)
+            await self._record_surely(ctx, outcomes, heartbeat=lambda: activity.heartbeat(handled))
             tally.report(ctx, **({"due": now, "began": began, "seconds": time.time() - began} if claimed else {}))
             handled += size
             progress(handled)
@@ -457,6 +465,26 @@ class DeliveryActivities:
                 type="TransientDelivery",
                 next_retry_delay=timedelta(seconds=retry_after) if retry_after else None,
             )
+
+    async def _record_surely(self, ctx: CampaignContext, outcomes: Sequence[_Outcome], heartbeat: Any) -> None:
+        """:meth:`_record`, tried again while the database is away (locked past the busy timeout, a PostgreSQL
+        restart) for up to ``record_retry_s``: these messages went out, and only this process knows it. Given up,
+        the page's retry finds the rows `sending` and reports them in doubt. A transaction is all or nothing, so
+        trying it again writes nothing twice (its UPDATEs touch rows still `sending` or `planned`)."""
+        delay, give_up = 0.2, time.monotonic() + self._record_retry_s
+        while True:
+            try:
+                await asyncio.to_thread(self._record, ctx, outcomes)
+                return
+            except DBAPIError as exc:
+                transient = isinstance(exc, OperationalError) or exc.connection_invalidated
+                if not transient or time.monotonic() + delay > give_up:
+                    raise
+                log.warning("recording %d outcome(s) of campaign %s: the database is away (%s); trying again in "
+                            "%.1f s", len(outcomes), ctx.id, type(exc.orig).__name__, delay)
+                heartbeat()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _after_chunk(self, inp: DeliverBatch, handled: int) -> None:
         """Called after each chunk's outcomes are committed (a seam for fault-injection tests)."""

@@ -8,7 +8,7 @@ while it is away, so the page has to record its outcomes into a database that do
 
 What must hold: the campaign completes; nobody gets a message twice; no transaction is half applied
 (the money reserved on the campaign row is exactly the cost of the rows charged: sent and in doubt);
-the only cost of the fault is rows left `in_doubt` (at most the page in flight).
+and the outcomes the worker holds while the database is away are recorded once it is back (none in doubt).
 
 PostgreSQL runs as a private cluster of the machine's PostgreSQL 15 binaries (initdb + pg_ctl on a free
 port in a temporary directory, as the postgres user when the tests run as root): the machine's shared
@@ -157,26 +157,12 @@ def impatient_engine(db_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
-async def test_a_sqlite_lock_held_past_the_busy_timeout_fails_the_page_which_is_retried_without_half_writes(
+async def test_a_sqlite_lock_held_past_the_busy_timeout_is_outlasted_and_every_outcome_recorded(
         workers: Any, impatient_engine: Engine, smtp_server: FaultySmtp) -> None:
-    """Past the busy timeout the page's writes fail ("database is locked"); Temporal retries the page (and
-    the small activities) until the lock is gone. Nothing is half written and nobody gets a second message;
-    the rows whose outcome could not be recorded are in doubt."""
-    engine = impatient_engine
-    program, _ = bulk_members(engine, MEMBERS)
-    cid = make_campaign(engine, program)
-    result = await run_with_outage(workers, engine, smtp_server, cid,
-                                   outage=lambda: sqlite_write_lock(sqlite_path(engine), 2.5))
-    assert_consistent(engine, cid, smtp_server, result)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "activities/delivery.py records a chunk's outcomes in one try: a locked database (or a PostgreSQL restart) "
-    "at that moment leaves rows whose messages the provider took as `sending`, and the page's retry turns them "
-    "in_doubt; DeliveryActivities._record should retry its transaction on a transient database error "
-    "(sqlalchemy OperationalError / DBAPIError.connection_invalidated) for a bounded time, heartbeating"))
-async def test_outcomes_known_in_memory_are_recorded_once_the_sqlite_lock_is_gone(
-        workers: Any, impatient_engine: Engine, smtp_server: FaultySmtp) -> None:
+    """Past the busy timeout the page's writes fail ("database is locked"): a chunk's outcomes, which only the
+    worker knows, are tried again until the lock is gone (DeliveryActivities._record_surely), so every row
+    ends `sent`, none in doubt; a claim or a preparation that fails is retried by Temporal with the page.
+    Nothing is half written and nobody gets a second message."""
     engine = impatient_engine
     program, _ = bulk_members(engine, MEMBERS)
     cid = make_campaign(engine, program)
@@ -278,8 +264,9 @@ def pg_engine(pg_cluster: PrivateCluster) -> Iterator[Engine]:
 async def test_a_postgresql_restart_mid_page_is_retried_without_half_writes_or_second_messages(
         workers: Any, pg_engine: Engine, pg_cluster: PrivateCluster, smtp_server: FaultySmtp) -> None:
     """PostgreSQL goes down (a fast shutdown: every connection cut) for a second while a page is in flight,
-    then comes back on the same port. The pool's connections are dead; the page fails and is retried on new
-    ones (pool_pre_ping), and so are the small activities."""
+    then comes back on the same port. The pool's connections are dead: the outcomes in hand are recorded again
+    on new ones (pool_pre_ping) until the server answers; a claim that failed is retried with the page, and so
+    are the small activities."""
     engine = pg_engine
     program, _ = bulk_members(engine, MEMBERS)
     cid = make_campaign(engine, program)
@@ -297,4 +284,6 @@ async def test_a_postgresql_restart_mid_page_is_retried_without_half_writes_or_s
         return back
 
     result = await run_with_outage(workers, engine, smtp_server, cid, outage=restart)
-    assert_consistent(engine, cid, smtp_server, result)
+    status = assert_consistent(engine, cid, smtp_server, result)
+    # the outcomes the worker held while the server was down were recorded once it was back
+    assert set(status.values()) == {"sent"}, Counter(status.values())
