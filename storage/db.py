@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -54,27 +56,66 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             raise
 
 
-_write_turns: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+class _SqliteTurn:
+    """This process's writers to one SQLite file take turns on a lock of ours (threads), then on an advisory
+    ``flock`` of a file beside the database (processes: the API, workers), before SQLite's own write lock.
+    Held, the turn is handed on as soon as it is released: the kernel wakes the next process waiting, where
+    SQLite's busy handler sleeps in steps of 1 to 100 ms and wakes late. Writers that take no turn still meet
+    the busy handler; they lose only the queueing."""
+
+    def __init__(self, path: str | None) -> None:
+        self._lock = threading.RLock()
+        self._path = f"{path}-writeturn" if path else None
+        self._fd: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._depth += 1
+        if self._depth == 1 and self._path is not None:
+            try:
+                if self._fd is None:
+                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._depth -= 1
+                self._lock.release()
+                raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        try:
+            if self._depth == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
+_write_turns: weakref.WeakKeyDictionary[Engine, _SqliteTurn] = weakref.WeakKeyDictionary()
 _write_turns_guard = threading.Lock()
 
 
-def write_turn(engine: Engine) -> threading.RLock | nullcontext[None]:
-    """On SQLite (one writer at a time), this process's writers take turns on a lock of ours before they
-    write. Without it, threads that meet SQLite's write lock wait in its busy handler, which sleeps in steps of
-    1 to 100 ms and wakes late: with several delivery activities in one worker, most of a chunk's time went
-    there (py-spy, bench/README.md). Other processes still meet the busy handler. PostgreSQL: no turn."""
+def write_turn(engine: Engine) -> _SqliteTurn | nullcontext[None]:
+    """On SQLite (one writer at a time) writers take turns before they write (:class:`_SqliteTurn`): with
+    several delivery activities in a worker and events arriving through the API, most of a chunk's time went
+    to sleeping in SQLite's busy handler (py-spy, bench/README.md). PostgreSQL: no turn (row locks)."""
     if engine.dialect.name != "sqlite":
         return nullcontext()
     with _write_turns_guard:
         turn = _write_turns.get(engine)
         if turn is None:
-            turn = _write_turns[engine] = threading.RLock()
+            path = engine.url.database
+            turn = _write_turns[engine] = _SqliteTurn(path if path and path != ":memory:" else None)
         return turn
 
 
 @contextmanager
 def write_scope(engine: Engine) -> Iterator[Session]:
-    """:func:`session_scope` for a transaction that writes, holding this process's :func:`write_turn`."""
+    """:func:`session_scope` for a transaction that writes, holding the database's :func:`write_turn`."""
     with write_turn(engine), session_scope(engine) as session:
         yield session
 
