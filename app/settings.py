@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     trigger_poll_s: float = Field(default=1.0, gt=0, le=60, description="how often triggered campaigns look for new events")
     # deliver_due activities a triggered campaign runs side by side each round (its members split between them)
     trigger_concurrency: int = Field(default=4, ge=1, le=32)
+    # `clarion up` runs its worker as this many child processes (`clarion worker`, on the stack's Temporal and
+    # database): Python runs one thread at a time per process, so the API and the worker in one process share one
+    # core; 0: the worker inside the `clarion up` process
+    up_workers: int = Field(default=1, ge=0, le=16)
 
     # operations (README "Operations: health, metrics, tracing, logs")
     log_format: Literal["text", "json"] = "text"   # json: one object a line, for a log shipper

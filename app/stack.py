@@ -1,12 +1,22 @@
 """The embedded stack of `clarion up` and `clarion demo`: Temporal dev server (unless an external
-address is set), a worker, the API, and the local mail server; started and stopped together."""
+address is set), the worker (CLARION_UP_WORKERS child processes, or inside this process when 0), the API, and the
+local mail server; started and stopped together."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+
+from pydantic import SecretStr
 
 import uvicorn
 from temporalio.client import Client
@@ -20,6 +30,99 @@ from app.temporal import connect, start_dev_server
 from app.worker import build_worker, delivery_activities
 from storage.db import make_engine
 from storage.migrate import upgrade
+
+log = logging.getLogger(__name__)
+
+
+def worker_env(settings: Settings, index: int) -> dict[str, str]:
+    """The environment of `clarion up`'s worker process ``index``: this stack's settings as ``CLARION_*``
+    variables (whether they came from the environment, a .env file or code), pointed at the stack's Temporal,
+    with the sandbox decided as here, and metrics (when on) on the ports after this process's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLARION_")}
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if value is None or field.validation_alias is not None:   # aliased: read from the same variables
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"CLARION_{name.upper()}"] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    env["CLARION_TEMPORAL_ADDRESS"] = settings.temporal_target
+    env["CLARION_DATABASE_URL"] = settings.db_url
+    env["CLARION_SANDBOX"] = "true" if settings.sandbox_allowed else "false"
+    env["CLARION_UP_WORKERS"] = "0"
+    for port in ("metrics_port", "temporal_metrics_port"):
+        if getattr(settings, port) is not None:
+            env[f"CLARION_{port.upper()}"] = str(getattr(settings, port) + 1 + index)
+    return env
+
+
+class WorkerProcesses:
+    """`clarion up`'s workers as child processes (`clarion worker`), each restarted if it dies, stopped with the
+    stack (SIGTERM: a worker lets its pages finish for CLARION_WORKER_SHUTDOWN_S), and never outliving it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * settings.up_workers
+        self.restarts = 0
+        self._stopping = False
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=worker_env(self.settings, index),
+                                preexec_fn=_die_with_parent)
+
+    def start(self) -> None:
+        for i in range(len(self.procs)):
+            self.procs[i] = self._spawn(i)
+
+    def check(self) -> None:
+        """Restart a worker that exited while the stack runs (its pages are retried by Temporal meanwhile)."""
+        for i, proc in enumerate(self.procs):
+            if self._stopping or proc is None or proc.poll() is None:
+                continue
+            log.error("worker process %d (pid %d) exited with %s; starting it again", i, proc.pid, proc.returncode)
+            self.restarts += 1
+            self.procs[i] = self._spawn(i)
+
+    def urls(self) -> dict[str, str]:
+        out = {f"worker {i + 1}": f"pid {p.pid}" for i, p in enumerate(self.procs) if p is not None}
+        if self.settings.metrics_port is not None:
+            for i in range(len(self.procs)):
+                out[f"worker {i + 1} metrics"] = (f"http://{self.settings.metrics_host}:"
+                                                  f"{self.settings.metrics_port + 1 + i}/metrics")
+        return out
+
+    async def stop(self) -> None:
+        self._stopping = True
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        for p in live:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.worker_shutdown_s + 10
+        while any(p.poll() is None for p in live) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for p in live:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """The child gets SIGTERM when `clarion up` dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG = 1
+
+
+@contextlib.contextmanager
+def _supervised(workers: WorkerProcesses, every_s: float = 1.0) -> Iterator[None]:
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            workers.check()
+
+    task = asyncio.get_running_loop().create_task(watch())
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 class _ApiServer(uvicorn.Server):
@@ -72,10 +175,17 @@ async def embedded_stack(settings: Settings, *, with_api: bool = True) -> AsyncI
         client = traced(client, settings)
         engine = make_engine(settings.db_url)
         stack.callback(engine.dispose)
-        acts = delivery_activities(settings, engine=engine)
-        stack.push_async_callback(acts.aclose)
-        worker = build_worker(client, settings, acts)
-        await stack.enter_async_context(worker)
+        if settings.up_workers:
+            workers = WorkerProcesses(settings)
+            stack.push_async_callback(workers.stop)
+            workers.start()
+            stack.enter_context(_supervised(workers))
+            urls.update(workers.urls())
+        else:
+            acts = delivery_activities(settings, engine=engine)
+            stack.push_async_callback(acts.aclose)
+            worker = build_worker(client, settings, acts)
+            await stack.enter_async_context(worker)
         await wake_confirmations(client, settings)   # the double opt-in sender runs while a worker does
         server: uvicorn.Server | None = None
         if with_api:

@@ -26,12 +26,13 @@ CLARION = str(Path(sys.executable).with_name("clarion"))
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory):
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """`clarion up` with its worker in CLARION_UP_WORKERS child processes: the module's UP_WORKERS (default 1)."""
     var = tmp_path_factory.mktemp("var")
     env = {**os.environ, "CLARION_VAR_DIR": str(var), "CLARION_TEMPORAL_DEV_PORT": str(free_port()),
            "CLARION_TEMPORAL_UI_PORT": str(free_port()), "CLARION_API_PORT": str(free_port()),
            "CLARION_SMTP_PORT": str(free_port()), "CLARION_SIGNING_SECRET": "e2e-secret",
-           "CLARION_PAGE_SIZE": "25"}
+           "CLARION_PAGE_SIZE": "25", "CLARION_UP_WORKERS": str(getattr(request.module, "UP_WORKERS", 1))}
     env.pop("CLARION_TEMPORAL_ADDRESS", None)
     env.pop("CLARION_DATABASE_URL", None)
     log = (var / "up.log").open("w")

@@ -16,6 +16,9 @@ from tests.e2e.test_broadcast_e2e import _maildir, stack  # noqa: F401  (the mod
 
 pytestmark = pytest.mark.e2e
 
+# this module's `clarion up` keeps the worker in its own process (the broadcast e2e runs it as a child process)
+UP_WORKERS = 0
+
 
 def _auth(stack: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {stack['key']}"}

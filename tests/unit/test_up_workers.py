@@ -1,0 +1,35 @@
+"""`clarion up`'s worker processes get this stack's settings through their environment (app.stack.worker_env)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from app.settings import Settings
+from app.stack import worker_env
+
+
+def test_a_worker_process_reads_back_the_stacks_settings_pointed_at_its_temporal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = Settings(_env_file=None, var_dir=tmp_path, temporal_dev_port=17555, api_port=18555, smtp_port=2525,
+                    signing_secret=SecretStr("s3cret"), smtp_password=SecretStr("pw"), page_size=250,
+                    log_format="json", metrics_port=9400, up_workers=2, trigger_concurrency=3)
+    env = worker_env(mine, index=1)
+    for name in [k for k in os.environ if k.startswith("CLARION_")]:
+        monkeypatch.delenv(name)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    child = Settings(_env_file=None)
+
+    assert child.temporal_address == "127.0.0.1:17555" and not child.embedded_temporal
+    assert child.sandbox_allowed is True            # decided as in the stack (embedded), not by the address
+    assert child.db_url == mine.db_url and child.up_workers == 0
+    assert child.metrics_port == 9402               # the ports after the stack's own: 9400 + 1 + index
+    assert child.signing_secret.get_secret_value() == "s3cret"
+    assert child.smtp_password is not None and child.smtp_password.get_secret_value() == "pw"
+    differ = {"temporal_address", "sandbox", "up_workers", "metrics_port", "database_url"}
+    same = {n for n in Settings.model_fields if n not in differ}
+    assert {n: getattr(child, n) for n in same} == {n: getattr(mine, n) for n in same}
