@@ -88,6 +88,16 @@ def friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _read_text(path: Path) -> str:
+    """A file the CLI reads as text (a spec, a program's settings): UTF-8, or refused naming the file and the
+    byte where it stops being UTF-8 (exit 1, as for a member CSV), never a traceback."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ClarionError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8",
+                           field="file") from None
+
+
 def _engine():  # noqa: ANN202
     from storage.db import make_engine
 
@@ -227,7 +237,7 @@ def programs_settings(key: str, file: Annotated[Path | None, typer.Argument(
 
     engine = _engine()
     if file is not None:
-        set_program_settings(engine=engine, key=key, data=read_yaml(file.read_text("utf-8")))
+        set_program_settings(engine=engine, key=key, data=read_yaml(_read_text(file)))
     with Session(engine) as s:
         stored = get_program(s, key).settings
     out.print(yaml.safe_dump(stored or {}, allow_unicode=True, sort_keys=False).strip() or "{} (defaults)")
@@ -309,7 +319,7 @@ def campaign_estimate(file: Annotated[Path, typer.Argument(exists=True, dir_okay
     from members.service import get_program
     from storage.tables import utcnow
 
-    spec = load_spec(file.read_text("utf-8"))
+    spec = load_spec(_read_text(file))
     started = time.perf_counter()
     with Session(_engine()) as s:
         est = estimate(session=s, program=get_program(s, spec.program), spec=spec, now=utcnow())
@@ -380,7 +390,7 @@ def campaign_launch(file: Annotated[Path, typer.Argument(exists=True, dir_okay=F
     from app.worker import stored_renderer
     from campaigns.spec import load_spec
 
-    spec = load_spec(file.read_text("utf-8"))
+    spec = load_spec(_read_text(file))
     engine = _engine()
 
     async def go(client: Any) -> Any:

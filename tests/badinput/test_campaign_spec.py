@@ -142,3 +142,18 @@ def test_cli_refuses_a_bad_amount_or_date_before_temporal_is_asked(cli, engine, 
     assert r.exit_code == 1, r.output
     assert expected in r.stderr and "Temporal" not in r.stderr
     assert counts(engine) == before
+
+
+@pytest.mark.parametrize("command", [("campaign", "launch"), ("campaign", "estimate"),
+                                     ("programs", "settings", "shop")])
+def test_cli_refuses_a_file_that_is_not_utf8_naming_it_and_the_byte(cli, engine, tmp_path, command):
+    path = tmp_path / "spec.yaml"
+    data = spec_yaml(name="Cafe").encode().replace(b"Cafe", b"Caf\xe9")      # Latin-1, not UTF-8
+    path.write_bytes(data)
+    before = counts(engine)
+    r = cli(*command, path)
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception   # was a UnicodeDecodeError
+    at = data.index(b"\xe9")
+    assert f"{path}: not UTF-8 text (byte {at}); save the file as UTF-8" in " ".join(r.stderr.split())
+    assert counts(engine) == before
