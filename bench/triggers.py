@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/triggers.py [--rate R] [--seconds S] [--members N] [--batch B] [--poll P]
                                        [--runs K] [--topology embedded|split] [--connections C] [--deliverers D]
-                                       [--keep]
+                                       [--up-workers W] [--keep]
 
 Each run, from scratch:
 
@@ -12,9 +12,10 @@ Each run, from scratch:
 2. an SMTP sink in another process (a small asyncio server, not aiosmtpd) that writes one line per message
    it accepts: the wall-clock time the final ``.`` of DATA arrived, and the message's Message-ID;
 3. the stack in child processes, configured by env settings like tests/e2e: by default ``clarion up``
-   (Temporal dev server on a SQLite file, worker and API in one process, mail to the sink,
-   ``CLARION_TRIGGER_POLL_S=P``); ``--topology split`` runs the dev server, ``clarion worker`` and
-   ``clarion api`` as three processes instead;
+   (Temporal dev server on a SQLite file, the API in its process and the worker in W child processes,
+   ``--up-workers W``, default 1, 0 = inside the ``clarion up`` process; mail to the sink,
+   ``CLARION_TRIGGER_POLL_S=P``, ``CLARION_TRIGGER_CONCURRENCY=D``); ``--topology split`` runs the dev
+   server, ``clarion worker`` and ``clarion api`` as three processes of their own instead;
 4. a triggered campaign launched through ``POST /api/v1/campaigns``: purchase with amount >= 1000, delay 0s,
    template ``thank_you``, no cancel-if, no cooldown, so every event must give exactly one email;
 5. a warm-up of 20 events (not counted), then R purchase events a second for S seconds (amounts 1000-5000,
@@ -256,7 +257,7 @@ class Stack:
     ``sys.setswitchinterval`` set first (a diagnosis knob; the default is Python's 5 ms)."""
 
     def __init__(self, workdir: Path, smtp_port: int, poll_s: float, topology: str = "embedded",
-                 switch_interval: float | None = None, deliverers: int = 4) -> None:
+                 switch_interval: float | None = None, deliverers: int = 4, up_workers: int = 1) -> None:
         self.workdir, self.topology, self.switch_interval = workdir, topology, switch_interval
         self.api_port = free_port()
         self.temporal_port = free_port()
@@ -266,7 +267,7 @@ class Stack:
             "CLARION_TEMPORAL_DEV_PORT": str(self.temporal_port), "CLARION_TEMPORAL_UI_PORT": str(free_port()),
             "CLARION_MAILBOX_ENABLED": "false", "CLARION_SMTP_HOST": "127.0.0.1",
             "CLARION_SMTP_PORT": str(smtp_port), "CLARION_TRIGGER_POLL_S": str(poll_s),
-            "CLARION_TRIGGER_CONCURRENCY": str(deliverers),
+            "CLARION_TRIGGER_CONCURRENCY": str(deliverers), "CLARION_UP_WORKERS": str(up_workers),
             "CLARION_SIGNING_SECRET": "bench-secret",
         })
         if topology == "split":
@@ -278,17 +279,22 @@ class Stack:
         return f"http://127.0.0.1:{self.api_port}"
 
     def pids(self) -> dict[str, int | None]:
-        """CPU-metered processes: embedded → stack (worker+API) and temporal; split → worker, api, temporal."""
+        """CPU-metered processes: embedded → stack (the API, and the worker when CLARION_UP_WORKERS=0), its worker
+        processes and temporal; split → worker, api, temporal."""
         if self.topology == "split":
             return {name: p.pid for name, p in self.procs.items()}
         up = self.procs.get("stack")
-        temporal = None
+        out: dict[str, int | None] = {"stack": up.pid if up else None, "temporal": None}
         if up is not None:
+            workers = 0
             for pid in children(up.pid):
                 with contextlib.suppress(OSError):
                     if "temporal" in Path(f"/proc/{pid}/comm").read_text():
-                        temporal = pid
-        return {"stack": up.pid if up else None, "temporal": temporal}
+                        out["temporal"] = pid
+                    elif b"app.cli\0worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        workers += 1
+                        out[f"worker {workers}"] = pid      # CLARION_UP_WORKERS child processes
+        return out
 
     def _clarion(self, command: str) -> list[str]:
         if self.switch_interval is None:
@@ -832,7 +838,8 @@ async def run_once(index: int, args: argparse.Namespace) -> RunResult:
     workdir = Path(tempfile.mkdtemp(prefix=f"clarion-trig-{index}-"))
     db_url = f"sqlite:///{(workdir / 'clarion.db').as_posix()}"
     sink = Sink(free_port(), workdir)
-    stack = Stack(workdir, sink.port, args.poll, args.topology, args.switch_interval, args.deliverers)
+    stack = Stack(workdir, sink.port, args.poll, args.topology, args.switch_interval, args.deliverers,
+                  args.up_workers)
     LIVE[:] = [stack, sink]
     try:
         say(f"[run {index}] seeding {args.members:,} members into {workdir / 'clarion.db'} (load average "
@@ -851,7 +858,8 @@ async def run_once(index: int, args: argparse.Namespace) -> RunResult:
                     raise
                 say(f"[run {index}] the stack did not start ({str(exc).strip().splitlines()[-1][:200]}); "
                     "trying again on other ports")
-                stack = Stack(workdir, sink.port, args.poll, args.topology, args.switch_interval, args.deliverers)
+                stack = Stack(workdir, sink.port, args.poll, args.topology, args.switch_interval, args.deliverers,
+                  args.up_workers)
                 LIVE[:] = [stack, sink]
         res.startup_s = time.perf_counter() - t
         say(f"[run {index}] seeded in {res.seed_s:.1f} s; {args.topology} stack {stack.pids()} answered in "
@@ -1022,6 +1030,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CLARION_TRIGGER_POLL_S for the stack: how often the campaign looks for new events")
     p.add_argument("--deliverers", type=int, default=4,
                    help="CLARION_TRIGGER_CONCURRENCY for the stack: deliver_due activities side by side each round")
+    p.add_argument("--up-workers", type=int, default=1,
+                   help="CLARION_UP_WORKERS for the embedded stack: worker processes of `clarion up` (0: inside it)")
     p.add_argument("--runs", "-r", type=int, default=1, help="repeat the whole measurement (fresh stack each)")
     p.add_argument("--connections", type=int, default=64,
                    help="keep-alive HTTP connections of the load generator (requests in flight at most)")
@@ -1045,7 +1055,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     say(f"triggered-campaign bench: rate={args.rate:g}/s seconds={args.seconds:g} members={args.members} "
-        f"batch={args.batch} poll={args.poll:g} s deliverers={args.deliverers} topology={args.topology} runs={args.runs} cpus={os.cpu_count()} "
+        f"batch={args.batch} poll={args.poll:g} s deliverers={args.deliverers} up_workers={args.up_workers} topology={args.topology} runs={args.runs} cpus={os.cpu_count()} "
         f"python={sys.version.split()[0]}")
     try:
         return asyncio.run(main_async(args))
