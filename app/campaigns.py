@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -316,11 +316,24 @@ async def set_budget(*, engine: Engine, client: Client, program: str, key: str,
     return await status_of(engine=engine, client=client, program=program, key=key)
 
 
-async def set_end(*, engine: Engine, client: Client, program: str, key: str, end_at: datetime | None) -> CampaignView:
-    """Move (or remove) a running campaign's end date."""
+def check_end(*, engine: Engine, program: str, key: str, end_at: datetime | None) -> Campaign:
+    """The campaign whose end would move to ``end_at``, or Invalid naming ``end_at``: it needs an offset and
+    must come after the campaign's start (its spec's ``start_at``, else when it started). Reads the database
+    only, so a caller may check before Temporal is reached."""
     if end_at is not None and end_at.tzinfo is None:
         raise Invalid([("end_at", "give a time zone offset, e.g. 2026-12-01T10:00:00+03:00")])
     row, _ = _row(engine, program, key)
+    start = CampaignSpec.model_validate(row.spec).start_at or row.started_at
+    if end_at is not None and start is not None:
+        start = start.replace(tzinfo=UTC) if start.tzinfo is None else start    # SQLite keeps no offset
+        if end_at <= start:
+            raise Invalid([("end_at", f"end_at must be after the campaign's start ({start.isoformat()})")])
+    return row
+
+
+async def set_end(*, engine: Engine, client: Client, program: str, key: str, end_at: datetime | None) -> CampaignView:
+    """Move (or remove) a running campaign's end date (checked first: :func:`check_end`)."""
+    row = check_end(engine=engine, program=program, key=key, end_at=end_at)
     handle = await _running_handle(client, row, "change the end date")
     await handle.signal("set_end", end_at.isoformat() if end_at else None)
     return await status_of(engine=engine, client=client, program=program, key=row.key)

@@ -9,7 +9,9 @@ import json
 
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 
+from app.api.main import create_app
 from storage.tables import Role
 from tests.badinput.conftest import counts
 from tests.factories import campaign_spec, make_campaign
@@ -142,6 +144,27 @@ def test_cli_refuses_a_bad_amount_or_date_before_temporal_is_asked(cli, engine, 
     assert r.exit_code == 1, r.output
     assert expected in r.stderr and "Temporal" not in r.stderr
     assert counts(engine) == before
+
+
+def test_an_end_before_the_campaigns_start_is_422_naming_end_at(api):
+    """The check is app.campaigns.set_end's own; the route reaches Temporal first, so a client that fails
+    any call stands in for it here (nothing may be asked of it)."""
+    make_campaign(api.engine, api.program_id, start_at="2026-12-08T10:00:00+03:00")
+    with TestClient(create_app(api.settings, engine=api.engine, client=NoTemporal())) as client:
+        answers = [client.put("/api/v1/campaigns/spring/end", params={"program": "shop"}, json={"end_at": end_at},
+                              headers=api.auth(Role.marketer))
+                   for end_at in ("2026-12-01T10:00:00+03:00", "2026-12-08T07:00:00Z")]
+    for r in answers:
+        assert r.status_code == 422, r.text      # was: the end date signalled to the running workflow
+        [problem] = r.json()["problems"]
+        assert problem["field"] == "end_at" and "after the campaign's start" in problem["message"]
+
+
+class NoTemporal:
+    """A Temporal client that must not be used: any call is an error the test would see as a 500."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"Temporal was asked for {name}")
 
 
 @pytest.mark.parametrize("command", [("campaign", "launch"), ("campaign", "estimate"),
