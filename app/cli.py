@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from sqlmodel import Session
 
-from app.errors import ClarionError, TemporalUnavailable, as_clarion_error
+from app.errors import ClarionError, Invalid, TemporalUnavailable, as_clarion_error
 from app.settings import Settings
 from campaigns.spec import SpecError
 from members.service import ProgramNotFound
@@ -350,12 +350,17 @@ def campaign_budget(key: str, amount: Annotated[str, typer.Argument(help="the ne
     """Change a campaign's budget limit; a campaign stopped by its budget goes on."""
     from decimal import Decimal, InvalidOperation
 
-    from app import campaigns as service
+    from pydantic import ValidationError
 
-    try:
-        limit = None if amount.lower() == "none" else Decimal(amount)
+    from app import campaigns as service
+    from app.api.campaigns import BudgetIn
+
+    try:   # the API's rules (positive, finite, 4 decimal places), checked before Temporal is reached
+        limit = BudgetIn(limit=None if amount.lower() == "none" else Decimal(amount)).limit
     except InvalidOperation:
-        raise ClarionError(f"{amount!r} is not an amount", field="budget") from None
+        raise Invalid([("budget", f"{amount!r} is not an amount")]) from None
+    except ValidationError as exc:
+        raise Invalid([("budget", e["msg"]) for e in exc.errors()]) from None
     engine = _engine()
     _print_view(_with_client(lambda c: service.set_budget(engine=engine, client=c, program=program, key=key,
                                                           limit=limit)))
@@ -373,9 +378,9 @@ def campaign_end(key: str, at: Annotated[str, typer.Argument(help="ISO 8601 with
     try:
         end_at = None if at.lower() == "none" else datetime.fromisoformat(at)
     except ValueError:
-        raise ClarionError(f"{at!r} is not a date and time (e.g. 2026-12-01T10:00:00+03:00)",
-                           field="end_at") from None
+        raise Invalid([("end_at", f"{at!r} is not a date and time (e.g. 2026-12-01T10:00:00+03:00)")]) from None
     engine = _engine()
+    service.check_end(engine=engine, program=program, key=key, end_at=end_at)    # before Temporal is reached
     _print_view(_with_client(lambda c: service.set_end(engine=engine, client=c, program=program, key=key,
                                                        end_at=end_at)))
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from app.api.main import create_app
 from storage.tables import Role
 from tests.badinput.conftest import counts
-from tests.factories import campaign_spec, make_campaign
+from tests.factories import campaign_spec, make_campaign, seed_members
 
 YAML = {"Content-Type": "application/yaml"}
 JSON = {"Content-Type": "application/json"}
@@ -135,14 +135,22 @@ def test_cli_segment_count_refuses_a_bad_file_with_exit_2_naming_its_field(cli, 
 
 
 @pytest.mark.parametrize(("command", "expected"), [
-    (("campaign", "budget", "spring", "a lot", "-p", "shop"), "'a lot' is not an amount"),
-    (("campaign", "end", "spring", "next week", "-p", "shop"), "'next week' is not a date and time"),
+    (("campaign", "budget", "spring", "a lot", "-p", "shop"), "budget: 'a lot' is not an amount"),
+    (("campaign", "budget", "-p", "shop", "spring", "--", "-5"), "budget: Input should be greater than 0"),
+    (("campaign", "budget", "spring", "0", "-p", "shop"), "budget: Input should be greater than 0"),
+    (("campaign", "budget", "spring", "NaN", "-p", "shop"), "budget: Input should be a finite number"),
+    (("campaign", "budget", "spring", "0.00001", "-p", "shop"), "budget: Decimal input should have no more than 4"),
+    (("campaign", "end", "spring", "next week", "-p", "shop"), "end_at: 'next week' is not a date and time"),
+    (("campaign", "end", "spring", "2026-12-01T10:00:00", "-p", "shop"), "end_at: give a time zone offset"),
+    (("campaign", "end", "spring", "2026-12-01T10:00:00+03:00", "-p", "shop"),
+     "end_at: end_at must be after the campaign's start (2026-12-08T10:00:00+03:00)"),
 ])
-def test_cli_refuses_a_bad_amount_or_date_before_temporal_is_asked(cli, engine, command, expected):
+def test_cli_refuses_a_bad_amount_or_date_with_exit_2_before_temporal_is_asked(cli, engine, command, expected):
+    make_campaign(engine, seed_members(engine, 1), start_at="2026-12-08T10:00:00+03:00")
     before = counts(engine)
-    r = cli(*command)
-    assert r.exit_code == 1, r.output
-    assert expected in r.stderr and "Temporal" not in r.stderr
+    r = cli(*command)           # nothing listens on the Temporal port
+    assert r.exit_code == 2, r.output     # was 1 naming Temporal for -5, 0, NaN, a naive date, an end before start
+    assert expected in " ".join(r.stderr.split()) and "Temporal" not in r.stderr
     assert counts(engine) == before
 
 
