@@ -266,12 +266,13 @@ def members_import(file: Annotated[Path, typer.Argument(exists=True, dir_okay=Fa
         raise ClarionError(f"{file}: not UTF-8 text (byte {exc.start}); save the CSV as UTF-8",
                            field="file") from None
     for e in result.errors[:50]:
-        err.print(f"  line {e.line}: {e.field}: {e.message}" + (f" (member {e.external_id})" if e.external_id else ""))
-    if len(result.errors) > 50:
-        err.print(f"  … and {len(result.errors) - 50} more bad rows")
+        err.print(f"  line {e.line}: {e.field}: {e.message}" + (f" (member {e.external_id})" if e.external_id else ""),
+                  markup=False, highlight=False)
+    if result.rejected > 50:
+        err.print(f"  … and {result.rejected - 50} more bad rows (the first 50 are shown)")
     out.print(f"{file.name} ({size} bytes): {result.created} created, {result.updated} updated, "
-              f"{len(result.errors)} rejected")
-    if result.errors:
+              f"{result.rejected} rejected")
+    if result.rejected:
         raise typer.Exit(1)
 
 

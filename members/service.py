@@ -16,9 +16,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from consent import ledger
+from members.profile import MemberIn
 from storage.db import session_scope, upsert
 from storage.tables import Card, ConsentAction, ConsentSource, Member, Program, utcnow
-from members.profile import MemberIn
 
 PROFILE_COLUMNS = ("kind", "first_name", "last_name", "locale", "time_zone", "email", "phone", "attributes",
                    "postal_address")
@@ -37,15 +37,32 @@ class RowError:
     message: str
 
 
+KEEP_ERRORS = 1000          # errors an import keeps (the first ones); ``rejected`` counts them all
+MAX_ERROR_TEXT = 300        # characters of a kept error's message and external id (a value may be 128 KB)
+
+
 @dataclass
 class ImportResult:
     created: int = 0
     updated: int = 0
-    errors: list[RowError] = field(default_factory=list)
+    rejected: int = 0                                       # bad rows (and header problems), all of them
+    errors: list[RowError] = field(default_factory=list)   # the first KEEP_ERRORS of them
 
     @property
     def accepted(self) -> int:
         return self.created + self.updated
+
+    def reject(self, error: RowError) -> None:
+        """Count a bad row; keep its error while fewer than KEEP_ERRORS are kept, so that a file of a million
+        bad rows holds a thousand errors, not a million (each ~330 bytes, more with a long value quoted)."""
+        self.rejected += 1
+        if len(self.errors) < KEEP_ERRORS:
+            self.errors.append(RowError(error.line, _clip(error.external_id), error.field,
+                                        _clip(error.message) or ""))
+
+
+def _clip(text: str | None) -> str | None:
+    return text if text is None or len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT - 1] + "…"
 
 
 def get_program(session: Session, key: str) -> Program:
@@ -287,19 +304,20 @@ def parse_row(line: int, raw: dict[str, str]) -> tuple[str, MemberIn] | RowError
 
 def import_csv(*, engine: Engine, program_id: int, stream: io.TextIOBase | Iterator[str],
                batch_size: int = 1000, progress: Callable[[int], None] | None = None) -> ImportResult:
-    """Stream a CSV: good rows are kept (in batches), each bad row is reported by line and field. A file that
-    is not UTF-8 (checked first when it can be read twice) or whose header names an unknown column writes
-    nothing."""
+    """Stream a CSV: good rows are kept (in batches), each bad row is counted (``rejected``) and the first
+    KEEP_ERRORS are reported by line and field. A file that is not UTF-8 (checked first when it can be read
+    twice) or whose header names an unknown column writes nothing."""
     result = ImportResult()
     check_utf8(stream)
     reader = csv.DictReader(stream)
     if reader.fieldnames and reader.fieldnames[0].startswith("\ufeff"):   # Excel's "CSV UTF-8" starts with a BOM
         reader.fieldnames = [reader.fieldnames[0][1:], *reader.fieldnames[1:]]
     if not reader.fieldnames or "external_id" not in reader.fieldnames:
-        result.errors.append(RowError(1, None, "external_id", "the header must name an external_id column"))
+        result.reject(RowError(1, None, "external_id", "the header must name an external_id column"))
         return result
-    result.errors.extend(header_errors(reader.fieldnames))
-    if result.errors:
+    for problem in header_errors(reader.fieldnames):
+        result.reject(problem)
+    if result.rejected:
         return result
     batch: list[tuple[int | None, str, MemberIn]] = []
     seen: dict[str, int] = {}
@@ -320,12 +338,12 @@ def import_csv(*, engine: Engine, program_id: int, stream: io.TextIOBase | Itera
         except StopIteration:
             break
         except csv.Error as exc:  # a value over the csv module's 128 KB limit: this row, not the import, fails
-            result.errors.append(RowError(reader.reader.line_num, None, "row", f"not a CSV row that can be read: {exc}"))
+            result.reject(RowError(reader.reader.line_num, None, "row", f"not a CSV row that can be read: {exc}"))
             continue
         line = reader.line_num
         parsed = parse_row(line, raw)
         if isinstance(parsed, RowError):
-            result.errors.append(parsed)
+            result.reject(parsed)
             if progress:
                 progress(1)
             continue

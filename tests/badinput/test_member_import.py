@@ -107,3 +107,37 @@ def test_sql_in_a_row_is_data_stored_as_written(cli, shop, tmp_path):
     assert external_ids(shop) == sorted(evil)
     with shop.connect() as c:
         assert c.exec_driver_sql("SELECT count(*) FROM program").scalar() == 1
+
+
+def test_a_file_of_bad_rows_keeps_the_first_errors_and_counts_them_all(cli, shop, tmp_path):
+    """Each kept error is ~330 bytes: a million bad rows once held ~300 MB of them. Now the first KEEP_ERRORS
+    are kept (a long value quoted in one is cut) and ``rejected`` counts every bad row."""
+    import io
+
+    from members.service import KEEP_ERRORS, MAX_ERROR_TEXT, import_csv
+
+    bad = KEEP_ERRORS + 500
+    text = "external_id,time_zone\nA1,\n" + "".join(f"B{i},Mars/{'x' * 2000}\n" for i in range(bad)) + "C1,\n"
+    with shop.connect() as c:
+        program_id = c.exec_driver_sql("SELECT id FROM program WHERE key = 'shop'").scalar()
+    result = import_csv(engine=shop, program_id=program_id, stream=io.StringIO(text))
+    assert (result.created, result.rejected, len(result.errors)) == (2, bad, KEEP_ERRORS)
+    assert [e.line for e in result.errors[:2]] == [3, 4] and result.errors[-1].line == KEEP_ERRORS + 2
+    assert all(len(e.message) <= MAX_ERROR_TEXT for e in result.errors)
+
+    path = tmp_path / "members.csv"
+    path.write_text(text.replace("A1,", "A2,").replace("C1,", "C2,"), "utf-8")
+    r = cli("members", "import", path, "-p", "shop")
+    assert r.exit_code == 1, r.output
+    told = " ".join(r.stderr.split())
+    assert "line 3: time_zone: unknown time zone 'Mars/xxx" in told and "(member B0)" in told
+    assert f"… and {bad - 50} more bad rows (the first 50 are shown)" in told
+    assert f"2 created, 0 updated, {bad} rejected" in r.stdout
+
+
+def test_a_value_that_looks_like_console_markup_is_printed_as_written(cli, shop, tmp_path):
+    path = tmp_path / "members.csv"
+    path.write_text("external_id,time_zone\nA1,Mars/[/bold]Base[red]\n", "utf-8")
+    r = cli("members", "import", path, "-p", "shop")
+    assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), r.exception
+    assert "line 2: time_zone: unknown time zone 'Mars/[/bold]Base[red]'" in " ".join(r.stderr.split())
