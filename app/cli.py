@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from sqlmodel import Session
@@ -75,15 +76,15 @@ def friendly(fn: F) -> F:
         except (ClarionError, SpecError, ProgramNotFound) as exc:
             e = as_clarion_error(exc)
             problems = getattr(e, "problems", None)
-            if problems:
+            if problems:     # what was written is quoted in messages: never read as console markup
                 err.print("[red]error:[/] invalid input")
                 for path, message in problems:
-                    err.print(f"  {path or '-'}: {message}")
+                    err.print(f"  {escape(path or '-')}: {escape(message)}")
             else:
-                err.print(f"[red]error:[/] {e.message}")
+                err.print(f"[red]error:[/] {escape(e.message)}")
             raise typer.Exit(2 if e.status_code == 422 else 1) from None
         except TemporalUnavailable as exc:
-            err.print(f"[red]error:[/] {exc}")
+            err.print(f"[red]error:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
     return wrapper  # type: ignore[return-value]
 

@@ -14,6 +14,7 @@ from tests.badinput.conftest import counts
     (("--time-zone", "Mars/Base"), "time_zone: unknown time zone 'Mars/Base'"),
     (("--time-zone", "../../etc/passwd"), "time_zone: unknown time zone '../../etc/passwd'"),
     (("--time-zone", "Europe/Moscow "), "time_zone: unknown time zone 'Europe/Moscow '"),
+    (("--time-zone", "Mars/[/bold]"), "time_zone: unknown time zone 'Mars/[/bold]'"),   # was a MarkupError
     (("--locale", "zz-QQ"), "locale: unknown locale 'zz-QQ'"),
     (("--locale", "'; DROP TABLE program; --"), "locale: unknown locale"),
     (("--currency", "euro"), "currency: 'euro' is not an ISO 4217 currency code"),
