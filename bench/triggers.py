@@ -919,10 +919,12 @@ async def run_once(index: int, args: argparse.Namespace) -> RunResult:
 # --- output -------------------------------------------------------------------------------------
 
 def _cpu_line(cpu: dict[str, float | None], span: float) -> str:
-    names = {"stack": "worker+API (clarion up)", "worker": "clarion worker", "api": "clarion api",
+    up_workers = sum(k.startswith("worker ") for k in cpu)
+    names = {"stack": "API (clarion up)" if up_workers else "worker+API (clarion up)",
+             "worker": "clarion worker", "api": "clarion api",
              "temporal": "Temporal dev server", "sink": "SMTP sink",
              "bench": "load generator (this process)"}
-    parts = [f"{names.get(k, k)} {v:.1f} s = {100 * v / span:.0f}%" for k, v in cpu.items()
+    parts = [f"{names.get(k, k.replace('worker ', 'clarion up worker '))} {v:.1f} s = {100 * v / span:.0f}%" for k, v in cpu.items()
              if v is not None and span > 0]
     return "; ".join(parts) or "n/a"
 
