@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     rate_token_burst: int = Field(default=20, ge=1)
     # Strict-Transport-Security on every answer when the public base URL is https (0: not sent)
     hsts_max_age_s: int = Field(default=31_536_000, ge=0)
+    # the largest request body the API reads (JSON, YAML, forms), in bytes; over it: 413. Routes that need more
+    # keep their own larger limit: events batch and members bulk 8 MB, a template's zip 25 MB (app.api.main)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     @cached_property
     def db_url(self) -> str:
