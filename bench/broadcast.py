@@ -51,6 +51,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -484,18 +485,18 @@ def rendered_messages(settings: Settings, variants: int = 64) -> list[OutboundMe
     return out
 
 
-async def raw_send(host: str, port: int, connections: int, total: int,
-                   messages: list[tuple[str, bytes]], sender: str) -> float:
-    """C clients, each `sendmail` in a loop, sharing one counter of messages to send. Returns seconds
-    from the first connect to the last reply (connects included, as the pipeline's pool connects lazily)."""
+async def smtp_loop(host: str, port: int, connections: int, total: int,
+                    send: Callable[[aiosmtplib.SMTP, int], Awaitable[Any]]) -> float:
+    """C clients, each calling ``send(client, i)`` in a loop, sharing one counter of messages to send. Returns
+    seconds from the first connect to the last reply (connects included, as the pipeline's pool connects
+    lazily)."""
     clients = [aiosmtplib.SMTP(hostname=host, port=port, timeout=30) for _ in range(connections)]
     counter = itertools.count()
 
     async def loop(client: aiosmtplib.SMTP) -> None:
         await client.connect()
         while (i := next(counter)) < total:
-            to, data = messages[i % len(messages)]
-            await client.sendmail(sender, [to], data)
+            await send(client, i)
 
     t0 = time.perf_counter()
     try:
@@ -510,16 +511,22 @@ async def raw_send(host: str, port: int, connections: int, total: int,
                     c.close()
 
 
+async def raw_send(host: str, port: int, connections: int, total: int,
+                   messages: list[tuple[str, bytes]], sender: str) -> float:
+    """The limit: messages serialized once up front, each `sendmail`-ed as bytes."""
+    async def send(client: aiosmtplib.SMTP, i: int) -> Any:
+        to, data = messages[i % len(messages)]
+        return await client.sendmail(sender, [to], data)
+
+    return await smtp_loop(host, port, connections, total, send)
+
+
 async def handwritten_send(host: str, port: int, connections: int, total: int,
                            messages: list[OutboundMessage], sender: str) -> float:
     """The loop one would write by hand: each message built with the standard library's ``email`` package
     (``email.mime``: headers, a text part and an HTML alternative, UTF-8 in base64) and sent with aiosmtplib's
-    ``send_message``, which serializes it, C clients
-    sharing one counter. The parts are rendered once up front (no templating, no ledger): what it measures
-    is building and sending. Returns seconds from the first connect to the last reply."""
-    clients = [aiosmtplib.SMTP(hostname=host, port=port, timeout=30) for _ in range(connections)]
-    counter = itertools.count()
-
+    ``send_message``, which serializes it. The parts are rendered once up front (no templating, no ledger):
+    what it measures is building and sending."""
     def build(m: OutboundMessage) -> Message:
         # the standard library's legacy email.mime classes (email.message.Message, policy compat32): the
         # faster way; EmailMessage with the default policy took 2.1-3.2 ms a message of this size here
@@ -536,22 +543,10 @@ async def handwritten_send(host: str, port: int, connections: int, total: int,
             msg.attach(MIMEText(m.html, "html", "utf-8"))
         return msg
 
-    async def loop(client: aiosmtplib.SMTP) -> None:
-        await client.connect()
-        while (i := next(counter)) < total:
-            await client.send_message(build(messages[i % len(messages)]))
+    async def send(client: aiosmtplib.SMTP, i: int) -> Any:
+        return await client.send_message(build(messages[i % len(messages)]))
 
-    t0 = time.perf_counter()
-    try:
-        await asyncio.gather(*(loop(c) for c in clients))
-        return time.perf_counter() - t0
-    finally:
-        for c in clients:
-            if c.is_connected:
-                try:
-                    await c.quit()
-                except (aiosmtplib.SMTPException, OSError):
-                    c.close()
+    return await smtp_loop(host, port, connections, total, send)
 
 
 # --- one run ------------------------------------------------------------------------------------
