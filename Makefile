@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 
 $(BIN)/clarion: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip setuptools
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
