@@ -21,6 +21,7 @@ from jinja2.exceptions import SecurityError
 
 from channels.sms_text import sms_segments
 from templates.render import CHANNEL_FILES, Renderer, TemplateProblem
+from templates.sandbox import TooLarge
 
 PUSH_TITLE_MAX = 65          # what Android shows before it cuts the title
 PUSH_BODY_MAX = 240
@@ -75,6 +76,9 @@ def _template_line(exc: BaseException) -> int | None:
 
 
 def _explain(exc: BaseException) -> str:
+    if isinstance(exc, TooLarge):
+        line = _template_line(exc)
+        return f"{f'line {line}: ' if line else ''}{exc}"
     if isinstance(exc, SecurityError):
         return f"not allowed in a template: {exc}"
     if isinstance(exc, UndefinedError):

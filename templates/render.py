@@ -31,10 +31,17 @@ from typing import Any
 import mjml
 import yaml
 from babel import Locale, UnknownLocaleError
-from jinja2 import DictLoader, StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError
+from jinja2 import (
+    DictLoader,
+    StrictUndefined,
+    TemplateError,
+    TemplateSyntaxError,
+    UndefinedError,
+)
 from jinja2.sandbox import SandboxedEnvironment
 
 from templates.helpers import HelperError, install_helpers
+from templates.sandbox import BoundedSandbox, TooLarge
 from templates.store import LIBRARY, TemplateNotFound, TemplateStore, Version
 
 _JINJA = re.compile(r"{{.*?}}|{%.*?%}|{#.*?#}", re.DOTALL)
@@ -89,14 +96,20 @@ class RenderedMessage:
     content_variables: dict[str, str] | None = None
 
 
+def template_line(exc: BaseException) -> int | None:
+    """The line of the template (or of a shared file it includes) that was running when ``exc`` was raised."""
+    return next((n for frame, n in reversed(list(traceback.walk_tb(exc.__traceback__)))
+                 if frame.f_code.co_filename == "<template>" or frame.f_code.co_filename.startswith("_shared/")),
+                None)
+
+
 def runtime_problem(where: str, exc: BaseException) -> TemplateProblem:
     """A template that failed while rendering (``{{ member.points - 10 }}`` with a text, a division by zero):
     named by template, locale, the template's line and the error's type, never its message (which may quote
-    the member's data)."""
-    line = next((n for frame, n in reversed(list(traceback.walk_tb(exc.__traceback__)))
-                 if frame.f_code.co_filename == "<template>" or frame.f_code.co_filename.startswith("_shared/")),
-                None)
-    return TemplateProblem(f"{where}: {f'line {line}: ' if line else ''}{type(exc).__name__} while rendering")
+    the member's data). A value too large to make (templates.sandbox) is named with what it was and its size."""
+    line = template_line(exc)
+    what = str(exc) if isinstance(exc, TooLarge) else f"{type(exc).__name__} while rendering"
+    return TemplateProblem(f"{where}: {f'line {line}: ' if line else ''}{what}")
 
 
 def normalize_locale(value: str) -> str:
@@ -198,8 +211,8 @@ def with_preheader(source: str) -> str:
 
 
 def _environment(autoescape: bool, files: Mapping[str, str] | None = None) -> SandboxedEnvironment:
-    env = SandboxedEnvironment(autoescape=autoescape, undefined=StrictUndefined, trim_blocks=True,
-                               lstrip_blocks=True, loader=DictLoader(dict(files or {})))
+    env = BoundedSandbox(autoescape=autoescape, undefined=StrictUndefined, trim_blocks=True,
+                         lstrip_blocks=True, loader=DictLoader(dict(files or {})))
     install_helpers(env)
     return env
 
@@ -351,6 +364,8 @@ class Renderer:
             )
         except UndefinedError as exc:
             raise TemplateProblem(f"{name}/email.{locale}: {exc.message}") from exc
+        except TooLarge as exc:
+            raise runtime_problem(f"{name}/email.{locale}", exc) from exc
         except (TemplateError, HelperError) as exc:
             raise TemplateProblem(f"{name}/email.{locale}: {exc}") from exc
         except Exception as exc:   # any other failure of one member's render is that message's problem
@@ -434,6 +449,8 @@ class Renderer:
             )
         except UndefinedError as exc:
             raise TemplateProblem(f"{name}/{channel}.{locale}: {exc.message}") from exc
+        except TooLarge as exc:
+            raise runtime_problem(f"{name}/{channel}.{locale}", exc) from exc
         except (TemplateError, HelperError) as exc:
             raise TemplateProblem(f"{name}/{channel}.{locale}: {exc}") from exc
         except Exception as exc:   # any other failure of one member's render is that message's problem

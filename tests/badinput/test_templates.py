@@ -1,10 +1,13 @@
-"""Templates: syntax errors, template injection (sandbox escapes in a template, Jinja in a member's data) and
-path traversal in template names, over the API, the CLI and the agency import. A bad template is refused
-naming its file and line; an escape never runs (refused as unsafe, or printed as text); a name is never a
-path; nothing is stored."""
+"""Templates: syntax errors, template injection (sandbox escapes in a template, Jinja in a member's data),
+templates that would exhaust memory, and path traversal in template names, over the API, the CLI and the
+agency import. A bad template is refused naming its file and line; an escape never runs (refused as unsafe,
+or printed as text); a value too large to send is refused before it is built; a name is never a path;
+nothing is stored."""
 
 from __future__ import annotations
 
+import resource
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,25 @@ ESCAPES = [
     "{{ '{0.__class__.__mro__}'.format(member) }}",
     "{% for c in ''.__class__.__base__.__subclasses__() %}{{ c }}{% endfor %}",
 ]
+# each would allocate a gigabyte or more (a few: many more) in one step, in a preview, the import check or a send
+HUGE = [
+    "{{ 'a' * 10**9 }}",
+    "{{ 'x'|center(10**9) }}",
+    "{{ '%*d' % (10**9, 1) }}",
+    "{{ range(10**9)|list }}",                            # Jinja's own range limit
+    "{{ [0] * 10**9 }}",
+    "{{ 7 ** (10**10) }}",
+    "{{ '{:>1000000000}'.format(1) }}",
+    "{{ 'x'.ljust(10**9) }}",
+    "{{ 'ab'|indent(10**9, true) }}",
+    "{{ 'a b c'|wordwrap(1, wrapstring='x' * 10**6) }}",
+    "{{ '%s'|format('x' * 10**6) * 1000 }}",
+    "{{ range(100000)|join('x' * 10**5) }}",
+    "{{ lipsum(10**7) }}",
+    "{% set a = range(100000)|list %}{{ [a] * 10**4 }}",
+    "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    "{% for i in range(100000) %}{{ 'x' * 10**5 }}{% endfor %}",
+]
 TRAVERSALS = ["../../etc/passwd", "/etc/passwd", "..", "..\\..\\windows\\win.ini", "double_points/../../x",
               "%2e%2e%2fetc"]
 
@@ -51,6 +73,8 @@ def lib(tmp_path: Path) -> Path:
     template(lib, "broken", text="Hi\n{{ member.first_name }}\n{% if member.first_name %}no end")
     for i, expression in enumerate(ESCAPES):
         template(lib, f"evil{i}", sms=f"Hi {expression}")
+    for i, expression in enumerate(HUGE):
+        template(lib, f"huge{i}", sms=f"Hi\n{expression}", text=f"Hi\n\n{expression}")
     return lib
 
 
@@ -132,6 +156,78 @@ def test_an_agency_zip_with_an_escape_or_a_syntax_error_is_refused_naming_the_fi
     assert r.status_code == 422, r.text
     assert any(p["field"] == file and words in p["message"] for p in r.json()["problems"]), r.json()
     assert counts(api.engine) == before
+
+
+# --- templates that would exhaust memory -----------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_a_template_that_would_allocate_gigabytes_is_refused_quickly_naming_its_file_and_line(site):
+    """Each was: gigabytes allocated in the preview (a few of them by Jinja folding constants while
+    compiling), the API process's memory gone. Now each is a 422 naming the file and the line, in
+    milliseconds, and this process's peak memory does not move."""
+    before = peak_rss_mib()
+    for n, expression in enumerate(HUGE):
+        for channel, line in (("sms", 2), ("email", 3)):
+            started = time.perf_counter()
+            r = preview(site, f"huge{n}", channel=channel)
+            took = time.perf_counter() - started
+            assert r.status_code == 422, (expression, r.text[:300])
+            [problem] = r.json()["problems"]
+            message = problem["message"]
+            assert problem["field"] == "template" and f"huge{n}/{channel}.en: line {line}: " in message, message
+            assert "too large" in message or "Range too big" in message or "OverflowError" in message, message
+            assert took < 2, (expression, took)
+    assert peak_rss_mib() - before < 150, (before, peak_rss_mib())
+
+
+@pytest.mark.parametrize(("file", "line", "expression"), [
+    ("sms.ru.txt", 2, "{{ 'x'|center(10**9) }}"),
+    ("email.en.txt", 3, "{{ '%*d' % (10**9, 1) }}"),
+    ("sms.ru.txt", 2, "{{ 'a' * 10**9 }}"),
+])
+def test_an_agency_zip_that_would_allocate_gigabytes_is_refused_at_its_file_and_line(api, file, line, expression):
+    """The import check compiles every file (Jinja folds '{{ "x"|center(10**9) }}' while compiling) and renders
+    it with a sample member: both in the bounded sandbox."""
+    before, peak = counts(api.engine), peak_rss_mib()
+    files = {**GOOD, file: "Hi\n" * (line - 1) + expression}
+    r = api.client.post("/api/v1/templates/spring_sale/versions", headers=api.auth(Role.marketer),
+                        files={"file": ("drop.zip", make_zip(files), "application/zip")})
+    assert r.status_code == 422, r.text
+    assert any(p["field"] == file and f"line {line}: too large" in p["message"] for p in r.json()["problems"]), \
+        r.json()
+    assert counts(api.engine) == before and peak_rss_mib() - peak < 150
+
+
+ORDINARY = """{% macro row(k, v) %}{{ k|center(12) }}|{{ '%8.2f' % v }}|{{ '{:>6}'.format(v|int) }}{% endmacro %}
+{% set ns = namespace(total=0, seen=[]) %}{% for k, v in prices|dictsort %}{% set ns.total = ns.total + v %}\
+{% set ns.seen = ns.seen + [k] %}{{ row(k, v) }}
+{% endfor %}{{ '-' * 28 }}
+{{ ns.seen|join(', ') }} ~ {{ ns.total|round(2) }} ~ {{ 'x'.ljust(3, '.') ~ '%s/%d' % ('a', 2) }}
+{{ ns.seen|batch(2, '')|list }} {{ (ns.seen|map('upper')|list)|tojson(indent=1) }} {{ [[1], [2]]|sum(start=[]) }}
+{% set block %}{{ 'text '|indent(2, true) }}{{ 'a b c d'|wordwrap(3) }}{% endset %}{{ block|replace('a', 'A') }}
+{{ 10 ** 20 }} {{ 2 * 3 }} {{ lipsum(1, false, 3, 5)|wordcount > 2 }} {{ '%(n)s!'|format(n=ns.seen|length) }}"""
+
+
+def test_ordinary_uses_of_the_bounded_operations_render_as_before():
+    from jinja2.sandbox import SandboxedEnvironment
+
+    from templates.sandbox import BoundedSandbox
+
+    context = {"prices": {"tea": 3.5, "coffee": 4.25, "cake": 12}}
+    plain = SandboxedEnvironment(trim_blocks=True).from_string(ORDINARY).render(context)
+    bounded = BoundedSandbox(trim_blocks=True).from_string(ORDINARY).render(context)
+    assert bounded == plain and "coffee" in bounded and "19.75" in bounded
+
+
+def test_the_library_templates_still_render_in_the_bounded_sandbox():
+    from templates.check import main_check_all
+    from templates.render import Renderer
+
+    assert [p for p in main_check_all(Renderer()) if p.severity == "error"] == []
 
 
 # --- path traversal in template names --------------------------------------------------------
