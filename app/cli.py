@@ -222,7 +222,7 @@ def programs_create(key: str, name: Annotated[str, typer.Option()],
 
     p = ensure_program(engine=_engine(), key=key, name=name, default_locale=locale, time_zone=time_zone,
                        currency=currency)
-    out.print(f"program {p.key!r} ({p.name})")
+    out.print(f"program {p.key!r} ({escape(p.name)})")
 
 
 @programs_app.command("settings")
@@ -271,7 +271,7 @@ def members_import(file: Annotated[Path, typer.Argument(exists=True, dir_okay=Fa
                   markup=False, highlight=False)
     if result.rejected > 50:
         err.print(f"  … and {result.rejected - 50} more bad rows (the first 50 are shown)")
-    out.print(f"{file.name} ({size} bytes): {result.created} created, {result.updated} updated, "
+    out.print(f"{escape(file.name)} ({size} bytes): {result.created} created, {result.updated} updated, "
               f"{result.rejected} rejected")
     if result.rejected:
         raise typer.Exit(1)
@@ -480,7 +480,7 @@ def mailbox(limit: Annotated[int, typer.Option(help="show the last N messages")]
     for col in ("date", "to", "subject"):
         t.add_column(col)
     for m in mails[-limit:]:
-        t.add_row(m.date, m.to, m.subject)
+        t.add_row(escape(m.date), escape(m.to), escape(m.subject))   # what senders wrote: text
     out.print(t)
 
 

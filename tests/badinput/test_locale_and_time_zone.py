@@ -79,3 +79,9 @@ def test_a_preview_in_a_known_locale_the_template_lacks_falls_back_as_a_send_wou
     r = api.client.get("/api/v1/templates/double_points/preview", headers=api.auth(Role.marketer),
                        params={"program": "shop", "member": "M000001", "locale": "de_AT"})
     assert r.status_code == 200 and r.json()["locale"] == "en"
+
+
+def test_cli_prints_a_program_name_that_looks_like_console_markup_as_written(cli, engine):
+    r = cli("programs", "create", "cafe", "--name", "Caf\u00e9 [/bold] & [red]Co")
+    assert r.exit_code == 0 and r.exception is None, r.output      # was a MarkupError after the program was stored
+    assert "program 'cafe' (Caf\u00e9 [/bold] & [red]Co)" in r.stdout
