@@ -26,7 +26,15 @@ from __future__ import annotations
 
 import re
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    Callable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    ValuesView,
+)
 from functools import update_wrapper
 from typing import Any, NoReturn
 
@@ -45,7 +53,7 @@ MAX_SIZE = 1_000_000
 
 _TEXT = (str, bytes, bytearray)
 _SIZED = (str, bytes, bytearray, list, tuple)
-_CONTAINERS = (list, tuple, dict, set, frozenset, Namespace)
+_CONTAINERS = (list, tuple, dict, set, frozenset, Namespace, KeysView, ValuesView, ItemsView)   # views: dict.items()
 
 
 class TooLarge(SecurityError):

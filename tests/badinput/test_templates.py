@@ -49,6 +49,7 @@ HUGE = [
     "{{ range(100000)|join('x' * 10**5) }}",
     "{{ lipsum(10**7) }}",
     "{% set a = range(100000)|list %}{{ [a] * 10**4 }}",
+    "{% set d = dict(a='x' * 600000, b='y' * 600000) %}{{ d.items() }}",
     "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
     "{% for i in range(100000) %}{{ 'x' * 10**5 }}{% endfor %}",
 ]
