@@ -33,12 +33,19 @@ CHANNELS = ", ".join(PROVIDERS)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}")
+    err.print("[red]error:[/] ", end="")
+    err.print(message, markup=False, highlight=False)    # a value in the message is text, not markup
     return typer.Exit(code)
 
 
 def _read_config(path: Path | None) -> dict[str, Any]:
-    text = sys.stdin.read() if path is None or str(path) == "-" else path.read_text("utf-8")
+    if path is None or str(path) == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _fail(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
     try:
         data = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as exc:

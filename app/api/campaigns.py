@@ -100,6 +100,7 @@ async def change_budget(key: Key, body: BudgetIn, program: ProgramQ, engine: Eng
 async def change_end(key: Key, body: EndIn, program: ProgramQ, engine: EngineDep,
                      request: Request) -> dict[str, Any]:
     """Move a running campaign's end date."""
+    service.check_end(engine=engine, program=program, key=key, end_at=body.end_at)   # a 422 before Temporal
     client = await request.app.state.temporal()  # only once the body is valid
     return _view(await service.set_end(engine=engine, client=client, program=program, key=key,
                                        end_at=body.end_at))

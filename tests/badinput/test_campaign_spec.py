@@ -155,13 +155,16 @@ def test_cli_refuses_a_bad_amount_or_date_with_exit_2_before_temporal_is_asked(c
 
 
 def test_an_end_before_the_campaigns_start_is_422_naming_end_at(api):
-    """The check is app.campaigns.set_end's own; the route reaches Temporal first, so a client that fails
-    any call stands in for it here (nothing may be asked of it)."""
+    """The check is app.campaigns.check_end, which the route calls before it reaches Temporal: a client that
+    fails any call stands in for Temporal (nothing may be asked of it), and an unreachable one too."""
     make_campaign(api.engine, api.program_id, start_at="2026-12-08T10:00:00+03:00")
     with TestClient(create_app(api.settings, engine=api.engine, client=NoTemporal())) as client:
         answers = [client.put("/api/v1/campaigns/spring/end", params={"program": "shop"}, json={"end_at": end_at},
                               headers=api.auth(Role.marketer))
                    for end_at in ("2026-12-01T10:00:00+03:00", "2026-12-08T07:00:00Z")]
+    # and before Temporal is reached for: with it unreachable, still the 422 (was a 503)
+    answers.append(api.client.put("/api/v1/campaigns/spring/end", params={"program": "shop"},
+                                  json={"end_at": "2026-12-01T10:00:00+03:00"}, headers=api.auth(Role.marketer)))
     for r in answers:
         assert r.status_code == 422, r.text      # was: the end date signalled to the running workflow
         [problem] = r.json()["problems"]
@@ -187,4 +190,17 @@ def test_cli_refuses_a_file_that_is_not_utf8_naming_it_and_the_byte(cli, engine,
     assert r.exception is None or isinstance(r.exception, SystemExit), r.exception   # was a UnicodeDecodeError
     at = data.index(b"\xe9")
     assert f"{path}: not UTF-8 text (byte {at}); save the file as UTF-8" in " ".join(r.stderr.split())
+    assert counts(engine) == before
+
+
+def test_cli_refuses_a_channel_config_that_is_not_utf8_naming_it_and_the_byte(cli, engine, tmp_path):
+    path = tmp_path / "sms.yaml"
+    data = "account_sid: AC1\nauth_token: t\nsender: Café\n".encode("latin-1")
+    path.write_bytes(data)
+    before = counts(engine)
+    r = cli("channels", "set", "shop", "sms", "--provider", "twilio", "--config", path)
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception   # was a UnicodeDecodeError
+    at = data.index(b"\xe9")
+    assert f"{path}: not UTF-8 text (byte {at})" in " ".join(r.stderr.split())
     assert counts(engine) == before
