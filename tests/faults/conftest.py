@@ -15,8 +15,11 @@ import pytest
 from tests.faults.fake_smtp import FaultySmtp, faulty_smtp
 from tests.faults.harness import Stack, new_stack
 from tests.workflows import conftest as workflows_conftest
+from tests.workflows import test_channels
 
 workers = workflows_conftest.workers     # the fixture, for the tests of this package
+# the fake providers and the FCM service-account key of the channel workflow tests
+twilio, fcm, service_account_key = test_channels.twilio, test_channels.fcm, test_channels.service_account_key
 
 
 @pytest.fixture

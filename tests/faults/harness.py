@@ -161,6 +161,30 @@ class Stack:
         return view.workflow_id
 
 
+    async def start_held(self, smtp: Any, *, key: str, members: int, page: int, hold_from: int) -> tuple[Client, str]:
+        """Seed ``members`` (nine in ten consenting), start the server and the worker sending to ``smtp`` (a
+        tests.faults.fake_smtp.FaultySmtp) in pages of ``page``, launch campaign ``key``, and return (the client,
+        the workflow id) once the relay holds its reply to the message after ``hold_from``: a page is in flight,
+        its rows claimed."""
+        from tests.workflows.conftest import bulk_members
+
+        engine = make_engine(self.db_url)
+        try:
+            bulk_members(engine, members, consent=lambda i: i % 10 != 0)
+        finally:
+            engine.dispose()
+        self.settings = self.settings.model_copy(update={"page_size": page, "batch_concurrency": 1})
+        self.worker.env.update({"CLARION_SMTP_HOST": smtp.host, "CLARION_SMTP_PORT": str(smtp.port)})
+        smtp.hang_after(hold_from)
+        self.server.start()
+        client = await self.server.client()
+        self.worker.start()
+        await self.worker.ready()
+        wf_id = await self.launch(client, key=key)
+        assert await asyncio.to_thread(smtp.hanging.wait, 60), f"no message was held:\n{self.logs()}"
+        return client, wf_id
+
+
 def new_stack(tmp_path: Path) -> Stack:
     """Not started: the test starts the server and the worker (and kills and restarts them)."""
     from storage.migrate import upgrade

@@ -27,8 +27,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -36,9 +34,9 @@ from sqlmodel import Session
 from channels.account_store import set_account
 from storage.db import session_scope
 from storage.tables import ConsentState, Member, PushToken
-from tests.channels.fake_fcm import FakeFcm, running_fake_fcm
+from tests.channels.fake_fcm import FakeFcm
 from tests.channels.fake_telegram import FakeTelegram, running_fake_telegram
-from tests.channels.fake_twilio import FakeTwilio, running_fake_twilio
+from tests.channels.fake_twilio import FakeTwilio
 from tests.factories import make_campaign
 from tests.workflows.conftest import (
     bulk_members,
@@ -56,28 +54,9 @@ BOT_TOKEN = "123456789:AAF" + "f" * 32
 
 
 @pytest.fixture
-def twilio() -> Iterator[FakeTwilio]:
-    with running_fake_twilio() as fake:
-        yield fake
-
-
-@pytest.fixture
 def telegram() -> Iterator[FakeTelegram]:
     with running_fake_telegram() as fake:
         yield fake
-
-
-@pytest.fixture
-def fcm() -> Iterator[FakeFcm]:
-    with running_fake_fcm() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def service_account_key() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
 
 
 async def run(workers: Any, engine: Engine, cid: int) -> Progress:

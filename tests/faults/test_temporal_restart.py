@@ -28,7 +28,6 @@ from storage.db import make_engine
 from storage.tables import Delivery, Member
 from tests.faults.fake_smtp import faulty_smtp
 from tests.faults.harness import Stack
-from tests.workflows.conftest import bulk_members
 from workflows.broadcast import BroadcastCampaign
 from workflows.contracts import Progress, RunState
 
@@ -38,22 +37,9 @@ MEMBERS, PAGE, HOLD_FROM = 100, 20, 30
 
 
 async def test_a_campaign_survives_a_temporal_server_restart_and_sends_nothing_twice(stack: Stack) -> None:
-    engine = make_engine(stack.db_url)
-    try:
-        bulk_members(engine, MEMBERS, consent=lambda i: i % 10 != 0)
-    finally:
-        engine.dispose()
-    stack.settings = stack.settings.model_copy(update={"page_size": PAGE, "batch_concurrency": 1})
     with faulty_smtp() as smtp:
-        stack.worker.env.update({"CLARION_SMTP_HOST": smtp.host, "CLARION_SMTP_PORT": str(smtp.port)})
-        smtp.hang_after(HOLD_FROM)
-        stack.server.start()
-        client = await stack.server.client()
-        stack.worker.start()
-        await stack.worker.ready()
-        wf_id = await stack.launch(client, key="temporal-restart")
-
-        assert await asyncio.to_thread(smtp.hanging.wait, 60), f"no message was held:\n{stack.logs()}"
+        client, wf_id = await stack.start_held(smtp, key="temporal-restart", members=MEMBERS, page=PAGE,
+                                               hold_from=HOLD_FROM)
         stack.server.kill()                 # a crash: no graceful shutdown
         smtp.release()                      # the page finishes while Temporal is gone
         await asyncio.sleep(1.5)

@@ -29,7 +29,6 @@ from storage.db import make_engine
 from storage.tables import Campaign, Delivery, Member
 from tests.faults.fake_smtp import faulty_smtp
 from tests.faults.harness import Stack
-from tests.workflows.conftest import bulk_members
 from workflows.broadcast import BroadcastCampaign
 from workflows.contracts import Progress, RunState
 
@@ -39,23 +38,10 @@ MEMBERS, PAGE, HOLD_FROM = 100, 20, 30
 
 
 async def test_a_worker_killed_mid_page_then_restarted_sends_each_member_at_most_once(stack: Stack) -> None:
-    engine = make_engine(stack.db_url)
-    try:
-        bulk_members(engine, MEMBERS, consent=lambda i: i % 10 != 0)     # 90 consent, 10 do not
-    finally:
-        engine.dispose()
-    stack.settings = stack.settings.model_copy(update={"page_size": PAGE, "batch_concurrency": 1})
     with faulty_smtp() as smtp:
-        stack.worker.env.update({"CLARION_SMTP_HOST": smtp.host, "CLARION_SMTP_PORT": str(smtp.port)})
-        smtp.hang_after(HOLD_FROM)
-        stack.server.start()
-        client = await stack.server.client()
-        stack.worker.start()
-        await stack.worker.ready()
-        wf_id = await stack.launch(client, key="killed-worker")
-
-        # the 31st message is taken and its reply held: a page is in flight, its rows claimed
-        assert await asyncio.to_thread(smtp.hanging.wait, 60), f"no message was held:\n{stack.logs()}"
+        # 90 members consent, 10 do not; the 31st message is taken and its reply held: a page is in flight
+        client, wf_id = await stack.start_held(smtp, key="killed-worker", members=MEMBERS, page=PAGE,
+                                               hold_from=HOLD_FROM)
         await asyncio.sleep(0.3)        # the other SMTP connections of the page reach DATA too
         stack.worker.kill()
         smtp.release()
