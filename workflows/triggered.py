@@ -1,12 +1,14 @@
 """Triggered campaigns: reactions to the loyalty core's events, and date rules on Temporal Schedules.
 
-``TriggeredCampaign`` is one long-running workflow per campaign. Each round it asks ``match_events``
-to turn the events after its cursor into planned deliveries (one per event, due after the trigger's
-delay) and ``deliver_due`` to send those whose time has come (re-checking cancel-if, consent, caps,
-budget, windows). So Temporal's overhead is per round of events, never per event or per member:
-hundreds of events a second cost a few activities a second. ``concurrency`` deliver_due activities run
-side by side each round, each for its share of the members (member id mod concurrency). Idle, it sleeps until the next delivery
-is due or the poll interval passes; a ``wake`` signal shortens the wait.
+``TriggeredCampaign`` is one long-running workflow per campaign, running two loops side by side. The match
+loop asks ``match_events`` to turn the events after its cursor into planned deliveries (one per event, due
+after the trigger's delay), again at once while it finds more, else after the poll interval or a ``wake``
+signal. The delivery loop asks ``deliver_due`` to send those whose time has come (re-checking cancel-if,
+consent, caps, budget, windows), ``concurrency`` activities side by side each time, each for its share of
+the members (member id mod concurrency); it goes again at once when the match loop planned something
+meanwhile, else sleeps until the next delivery is due. So Temporal's overhead is per batch of events, never
+per event or per member, and an event waits for one match and one delivery, not for rounds that wait for
+both. Runs started before the two loops (no PIPELINED marker in their history) replay the old rounds.
 
 ``ScheduledTriggerRun`` is started by a Temporal Schedule (hourly) for birthday, inactivity and
 points-expiring campaigns: it matches the date rule, then delivers what is due.
@@ -39,6 +41,10 @@ with workflow.unsafe.imports_passed_through():
     )
 
 
+# a marker in the history of runs that match and send in two loops (TriggeredCampaign._pipelined)
+PIPELINED = "triggered-pipelined-loops"
+
+
 async def _deliver_due(campaign_id: int, limit: int, partitions: int = 1) -> DueResult:
     """What is due, sent by ``partitions`` activities side by side (each its share of the members)."""
     now = workflow.now().isoformat()
@@ -61,6 +67,12 @@ def merge_due(results: Sequence[DueResult]) -> DueResult:
                      budget_exhausted=any(r.budget_exhausted for r in results))
 
 
+def _recheck(inp: TriggeredInput) -> timedelta:
+    """How long the idle delivery loop waits at most: it is woken by what the match loop plans and by the next
+    due time, so this only bounds what nothing announces (rows planned by hand)."""
+    return timedelta(seconds=max(60.0, inp.poll_seconds))
+
+
 async def _set_status(campaign_id: int, status: str) -> None:
     await workflow.execute_activity(
         "set_campaign_status", StatusChange(campaign_id=campaign_id, status=status),
@@ -79,6 +91,8 @@ class TriggeredCampaign(CampaignControls):
         self._matched = 0
         self._rounds = 0
         self._next_due: str | None = None
+        self._found = 0            # match rounds that planned something (the delivery loop watches it)
+        self._handover = False     # a continue-as-new is due: the loops stop
 
     @workflow.signal
     def wake(self) -> None:
@@ -98,6 +112,26 @@ class TriggeredCampaign(CampaignControls):
         if self._end_at is None and inp.end_at:
             self._end_at = datetime.fromisoformat(inp.end_at)
         await _set_status(inp.campaign_id, "paused" if self._paused else "running")
+        if workflow.patched(PIPELINED):
+            await self._pipelined(inp)
+        else:   # runs started before the two loops replay as they ran
+            await self._in_rounds(inp)
+
+        # reactions still waiting for their delay or window will not be sent: say so, as a broadcast does
+        dropped: Counts = await workflow.execute_activity(
+            "expire_pending", ExpirePending(campaign_id=inp.campaign_id, step="main", occurrence="",
+                                            reason="cancelled" if self._cancelled else "campaign_ended",
+                                            every_occurrence=True),
+            result_type=Counts, start_to_close_timeout=retry.DB_QUICK_TIMEOUT, retry_policy=retry.DB_QUICK,
+        )
+        self._counts = self._counts + dropped
+        self._next_due = None
+        await _set_status(inp.campaign_id, "cancelled" if self._cancelled else "completed")
+        self._state = RunState.cancelled if self._cancelled else RunState.completed
+        return self.progress()
+
+    async def _in_rounds(self, inp: TriggeredInput) -> None:
+        """Before PIPELINED: each round matched and sent side by side and waited for both."""
         exhausted_at = -1  # the budget-change count when the budget ran out (-1: not exhausted)
 
         while not self._cancelled:
@@ -147,18 +181,99 @@ class TriggeredCampaign(CampaignControls):
                 continue
             await self._idle(inp, exhausted_at, marks)
 
-        # reactions still waiting for their delay or window will not be sent: say so, as a broadcast does
-        dropped: Counts = await workflow.execute_activity(
-            "expire_pending", ExpirePending(campaign_id=inp.campaign_id, step="main", occurrence="",
-                                            reason="cancelled" if self._cancelled else "campaign_ended",
-                                            every_occurrence=True),
-            result_type=Counts, start_to_close_timeout=retry.DB_QUICK_TIMEOUT, retry_policy=retry.DB_QUICK,
-        )
-        self._counts = self._counts + dropped
-        self._next_due = None
-        await _set_status(inp.campaign_id, "cancelled" if self._cancelled else "completed")
-        self._state = RunState.cancelled if self._cancelled else RunState.completed
-        return self.progress()
+    # --- matching and sending as two loops (PIPELINED) ----------------------------------------------------
+
+    def _halted(self) -> bool:
+        """The loops stop: cancelled, the end date passed, or a continue-as-new is due."""
+        return self._cancelled or self._handover or (self._end_at is not None and workflow.now() >= self._end_at)
+
+    def _until_end(self, timeout: timedelta) -> timedelta:
+        return timeout if self._end_at is None else max(timedelta(0), min(timeout, self._end_at - workflow.now()))
+
+    async def _pipelined(self, inp: TriggeredInput) -> None:
+        """Matching and sending run as two loops side by side: a new match starts as soon as the last one is done,
+        and a delivery as soon as the last one is done and there is something to send. In rounds that waited
+        for both, an event waited for the slower of the two twice (bench/README.md)."""
+        self._handover = False
+        await asyncio.gather(self._match_loop(inp), self._deliver_loop(inp))
+        if self._handover and not self._cancelled:
+            workflow.continue_as_new(replace(
+                inp, cursor=self._cursor, counts=self._counts, matched=self._matched, paused=self._paused,
+                end_at=self._end_at.isoformat() if self._end_at else None))
+
+    async def _match_loop(self, inp: TriggeredInput) -> None:
+        while not self._halted():
+            if self._paused:
+                await _set_status(inp.campaign_id, "paused")
+                await workflow.wait_condition(lambda: not self._paused or self._halted())
+                if not self._halted():
+                    await _set_status(inp.campaign_id, "running")
+                continue
+            wakes = self._wakes
+            match: MatchResult = await workflow.execute_activity(
+                "match_events", MatchEvents(campaign_id=inp.campaign_id, after=self._cursor,
+                                            now=workflow.now().isoformat(), limit=inp.batch_size * 2),
+                result_type=MatchResult, start_to_close_timeout=retry.DB_QUICK_TIMEOUT,
+                retry_policy=retry.DB_QUICK)
+            self._cursor, self._matched = match.cursor, self._matched + match.matched
+            self._rounds += 1
+            if match.matched:
+                self._found += 1
+            if self._should_continue_as_new(inp):
+                self._handover = True
+                return
+            if match.more:
+                continue
+            try:
+                await workflow.wait_condition(lambda: self._halted() or self._paused or self._wakes != wakes,
+                                              timeout=self._until_end(timedelta(seconds=inp.poll_seconds)))
+            except TimeoutError:
+                pass
+
+    async def _deliver_loop(self, inp: TriggeredInput) -> None:
+        # its waits are not cut at the end date: the match loop's are, and its timer firing there ends this
+        # wait too (_halted); two timers due at the same instant, one cancelled as the other fires, is what
+        # the time-skipping test server cannot take (see tests/workflows/conftest.settle)
+        exhausted_at = -1   # the budget-change count when the budget ran out (-1: not exhausted)
+        while not self._halted():
+            if self._paused:
+                await workflow.wait_condition(lambda: not self._paused or self._halted())
+                continue
+            if exhausted_at >= 0:
+                if exhausted_at == self._budget_changes:    # wait for a new budget
+                    try:
+                        await workflow.wait_condition(
+                            lambda: self._budget_changes != exhausted_at or self._halted() or self._paused,
+                            timeout=_recheck(inp))
+                    except TimeoutError:
+                        pass
+                    continue
+                exhausted_at = -1
+                self._state = RunState.running
+                await _set_status(inp.campaign_id, "running")
+            found, budget = self._found, self._budget_changes
+            due = await _deliver_due(inp.campaign_id, inp.batch_size, max(1, inp.concurrency))
+            self._counts = self._counts + due.counts
+            self._next_due = due.next_due
+            if due.budget_exhausted:    # a budget raised while this one ran is tried at once
+                exhausted_at = budget
+                self._state = RunState.budget_exhausted
+                await _set_status(inp.campaign_id, "budget_exhausted")
+                continue
+            if due.more or self._found != found:
+                continue
+            # idle until something was matched or the next reaction is due (and look again now and then)
+            timeout = _recheck(inp)
+            if self._next_due:
+                timeout = min(timeout, max(timedelta(0), datetime.fromisoformat(self._next_due) - workflow.now()))
+            if timeout <= timedelta(0):
+                continue
+            try:
+                await workflow.wait_condition(
+                    lambda: self._found != found or self._halted() or self._paused
+                    or self._budget_changes != budget, timeout=timeout)
+            except TimeoutError:
+                pass
 
     async def _idle(self, inp: TriggeredInput, exhausted_at: int,
                     marks: tuple[int, int, bool, datetime | None]) -> None:
