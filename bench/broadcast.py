@@ -752,24 +752,23 @@ async def run_once(index: int, args: argparse.Namespace, sink_kind: str) -> RunR
         # the baselines: same sink, same number of messages, as many connections as all the workers have
         res.raw_sent = res.sent or res.expected
         connections = args.connections * args.workers
-        base = res.sink_pipeline or 0
-        meter = CpuMeter(sink=sink.pid)
-        res.raw_s = await raw_send("127.0.0.1", sink.port, connections, res.raw_sent, messages,
-                                   settings.email_from)
-        res.cpu_raw = meter.used()
-        got = await sink.settled_count(base + res.raw_sent)
-        res.sink_raw = None if got is None else got - base
-        say(f"[run {index}] raw aiosmtplib: {res.raw_sent} sent in {res.raw_s:.2f} s "
-            f"= {res.raw_rate:,.0f} msg/s; sink counted {res.sink_raw}")
-        base += res.sink_raw or 0
-        meter = CpuMeter(sink=sink.pid)
-        res.hand_s = await handwritten_send("127.0.0.1", sink.port, connections, res.raw_sent, rendered,
-                                            settings.email_from)
-        res.cpu_hand = meter.used()
-        got = await sink.settled_count(base + res.raw_sent)
-        res.sink_hand = None if got is None else got - base
-        say(f"[run {index}] hand-written email.message loop: {res.raw_sent} sent in {res.hand_s:.2f} s "
-            f"= {res.hand_rate:,.0f} msg/s; sink counted {res.sink_hand}")
+        counted = [res.sink_pipeline or 0]       # what the sink had counted before each baseline
+
+        async def baseline(label: str, send: Any) -> tuple[float, dict[str, float | None], int | None]:
+            meter = CpuMeter(sink=sink.pid)
+            seconds = await send("127.0.0.1", sink.port, connections, res.raw_sent)
+            cpu = meter.used()
+            got = await sink.settled_count(counted[0] + res.raw_sent)
+            received = None if got is None else got - counted[0]
+            counted[0] += received or 0
+            say(f"[run {index}] {label}: {res.raw_sent} sent in {seconds:.2f} s = {res.raw_sent / seconds:,.0f} "
+                f"msg/s; sink counted {received}")
+            return seconds, cpu, received
+
+        res.raw_s, res.cpu_raw, res.sink_raw = await baseline(
+            "raw aiosmtplib", lambda *a: raw_send(*a, messages, settings.email_from))
+        res.hand_s, res.cpu_hand, res.sink_hand = await baseline(
+            "hand-written email.mime loop", lambda *a: handwritten_send(*a, rendered, settings.email_from))
         return res
     finally:
         sink.stop()
