@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from pydantic import SecretStr
@@ -63,16 +63,23 @@ class WorkerProcesses:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * settings.up_workers
-        self.restarts = 0
         self._stopping = False
+        self._watch: asyncio.Task[None] | None = None
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=worker_env(self.settings, index),
                                 preexec_fn=_die_with_parent)
 
-    def start(self) -> None:
+    def start(self, every_s: float = 1.0) -> None:
         for i in range(len(self.procs)):
             self.procs[i] = self._spawn(i)
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(every_s)
+                self.check()
+
+        self._watch = asyncio.get_running_loop().create_task(watch())
 
     def check(self) -> None:
         """Restart a worker that exited while the stack runs (its pages are retried by Temporal meanwhile)."""
@@ -80,7 +87,6 @@ class WorkerProcesses:
             if self._stopping or proc is None or proc.poll() is None:
                 continue
             log.error("worker process %d (pid %d) exited with %s; starting it again", i, proc.pid, proc.returncode)
-            self.restarts += 1
             self.procs[i] = self._spawn(i)
 
     def urls(self) -> dict[str, str]:
@@ -93,6 +99,8 @@ class WorkerProcesses:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
         live = [p for p in self.procs if p is not None and p.poll() is None]
         for p in live:
             p.send_signal(signal.SIGTERM)
@@ -109,20 +117,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     """The child gets SIGTERM when `clarion up` dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG = 1
-
-
-@contextlib.contextmanager
-def _supervised(workers: WorkerProcesses, every_s: float = 1.0) -> Iterator[None]:
-    async def watch() -> None:
-        while True:
-            await asyncio.sleep(every_s)
-            workers.check()
-
-    task = asyncio.get_running_loop().create_task(watch())
-    try:
-        yield
-    finally:
-        task.cancel()
 
 
 class _ApiServer(uvicorn.Server):
@@ -179,7 +173,6 @@ async def embedded_stack(settings: Settings, *, with_api: bool = True) -> AsyncI
             workers = WorkerProcesses(settings)
             stack.push_async_callback(workers.stop)
             workers.start()
-            stack.enter_context(_supervised(workers))
             urls.update(workers.urls())
         else:
             acts = delivery_activities(settings, engine=engine)

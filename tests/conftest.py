@@ -144,15 +144,22 @@ class _Handler:
 
 
 @contextmanager
+def serving_smtp(handler: Any, host: str, port: int) -> Iterator[None]:
+    """An aiosmtpd server with ``handler`` on host:port, in its own thread, for the block."""
+    controller = Controller(handler, hostname=host, port=port)
+    controller.start()
+    try:
+        yield
+    finally:
+        controller.stop()
+
+
+@contextmanager
 def running_smtp() -> Iterator[FakeSmtp]:
     """A fake SMTP server on 127.0.0.1 that records what it receives."""
     box = FakeSmtp("127.0.0.1", free_port())
-    controller = Controller(_Handler(box), hostname=box.host, port=box.port)
-    controller.start()
-    try:
+    with serving_smtp(_Handler(box), box.host, box.port):
         yield box
-    finally:
-        controller.stop()
 
 
 @pytest.fixture

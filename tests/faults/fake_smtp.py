@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
-from aiosmtpd.controller import Controller
-
-from tests.conftest import free_port
+from tests.conftest import free_port, serving_smtp
 
 
 @dataclass
@@ -143,10 +141,8 @@ class _Handler:
 @contextmanager
 def faulty_smtp() -> Iterator[FaultySmtp]:
     box = FaultySmtp("127.0.0.1", free_port())
-    controller = Controller(_Handler(box), hostname=box.host, port=box.port)
-    controller.start()
-    try:
-        yield box
-    finally:
-        box.release()
-        controller.stop()
+    with serving_smtp(_Handler(box), box.host, box.port):
+        try:
+            yield box
+        finally:
+            box.release()      # a held reply must not keep the server's thread from stopping

@@ -185,6 +185,17 @@ class Stack:
         return client, wf_id
 
 
+    async def result(self, client: Client, wf_id: str, timeout: float = 100) -> Any:
+        """The broadcast's result, or an AssertionError carrying both processes' logs."""
+        from workflows.broadcast import BroadcastCampaign
+
+        handle = client.get_workflow_handle_for(BroadcastCampaign.run, wf_id)
+        try:
+            return await asyncio.wait_for(handle.result(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"the campaign did not complete:\n{self.logs()}") from None
+
+
 def new_stack(tmp_path: Path) -> Stack:
     """Not started: the test starts the server and the worker (and kills and restarts them)."""
     from storage.migrate import upgrade

@@ -29,7 +29,6 @@ from storage.db import make_engine
 from storage.tables import Campaign, Delivery, Member
 from tests.faults.fake_smtp import faulty_smtp
 from tests.faults.harness import Stack
-from workflows.broadcast import BroadcastCampaign
 from workflows.contracts import Progress, RunState
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(150)]
@@ -50,11 +49,7 @@ async def test_a_worker_killed_mid_page_then_restarted_sends_each_member_at_most
 
         stack.worker.start()            # a new process; Temporal retries the page once its heartbeat stops
         await stack.worker.ready()
-        handle = client.get_workflow_handle_for(BroadcastCampaign.run, wf_id)
-        try:
-            result: Progress = await asyncio.wait_for(handle.result(), 100)
-        except TimeoutError:
-            raise AssertionError(f"the campaign did not complete:\n{stack.logs()}") from None
+        result: Progress = await stack.result(client, wf_id)
 
     engine = make_engine(stack.db_url)
     try:

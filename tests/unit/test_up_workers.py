@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -33,3 +34,34 @@ def test_a_worker_process_reads_back_the_stacks_settings_pointed_at_its_temporal
     differ = {"temporal_address", "sandbox", "up_workers", "metrics_port", "database_url"}
     same = {n for n in Settings.model_fields if n not in differ}
     assert {n: getattr(child, n) for n in same} == {n: getattr(mine, n) for n in same}
+
+
+@pytest.mark.asyncio
+async def test_a_worker_process_that_dies_is_started_again_and_all_are_stopped_with_the_stack(tmp_path: Path) -> None:
+    """The supervision of WorkerProcesses on real child processes (a short-lived one standing in for a worker
+    that crashes, then long-lived ones), not the `clarion worker` command itself (the e2e tests run that)."""
+    import subprocess
+    import sys
+
+    from app.stack import WorkerProcesses
+
+    spawned: list[subprocess.Popen[bytes]] = []
+
+    class Probe(WorkerProcesses):
+        def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+            code = "pass" if not spawned else "import time; time.sleep(60)"   # the first one dies at once
+            spawned.append(subprocess.Popen([sys.executable, "-c", code]))
+            return spawned[-1]
+
+    workers = Probe(Settings(_env_file=None, var_dir=tmp_path, up_workers=2, worker_shutdown_s=0))
+    workers.start(every_s=0.05)
+    spawned[0].wait(10)
+    for _ in range(200):
+        if len(spawned) == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert len(spawned) == 3 and workers.procs == [spawned[2], spawned[1]]   # the dead one replaced, once
+    await workers.stop()
+    assert all(p.poll() is not None for p in spawned)
+    await asyncio.sleep(0.2)
+    assert len(spawned) == 3                    # nothing started again after the stop
