@@ -32,11 +32,11 @@ import logging
 import re
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, bindparam, delete, func, select, update
 from sqlalchemy.engine import Engine
@@ -67,7 +67,15 @@ from consent.policy import CHANNEL_WIDE, SERVICE_TOPIC, decide
 from consent.tokens import Signer
 from members.coupons import assign_codes
 from members.profile import address_lines
-from storage.db import insert_ignore, session_scope, write_scope
+from storage.db import (
+    insert_ignore,
+    is_locked,
+    loop_write_turn,
+    session_scope,
+    waiting_briefly,
+    write_phase,
+    write_scope,
+)
 from storage.tables import (
     Campaign,
     Card,
@@ -126,8 +134,11 @@ TIME_BUDGET_S = 6 * 60.0
 # how long a chunk's outcomes are tried again while the database is away (within the 30 s heartbeat: it beats
 # between tries)
 RECORD_RETRY_S = 120.0
+# how long a write on the event loop's thread waits for SQLite's lock before it goes to a thread (_write)
+LOOP_BUSY_MS = 50
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # a page's members share a few time zones and one `now`: the window math (~0.3 ms) runs once per zone
 _next_allowed = functools.lru_cache(maxsize=4096)(schedule.next_allowed)
@@ -159,6 +170,8 @@ class CampaignContext:
     template_versions: dict[str, int] = field(default_factory=dict)   # pinned at launch (None: newest)
     uses: frozenset[str] = frozenset()   # optional data the templates read: card, last_purchase
     coupon_pool: str | None = None       # template.yaml `coupon_pool`: a unique code per member
+    # what a page asks per member and is the same for all of them (a step's order, a locale choice)
+    memo: dict[tuple[Any, ...], Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def channel(self) -> str:
@@ -167,7 +180,11 @@ class CampaignContext:
 
     def order(self, step: str, variant: str | None = None) -> tuple[str, ...]:
         """The step's channels in fallback order (a variant may have its own)."""
-        return tuple(c.value for c in self.spec.channels_for(step, variant))
+        key = ("order", step, variant)
+        found = self.memo.get(key)
+        if found is None:
+            found = self.memo[key] = tuple(c.value for c in self.spec.channels_for(step, variant))
+        return found
 
     def variant_of(self, member_id: int) -> str | None:
         """The member's A/B variant (deterministic), or None when the campaign has none."""
@@ -357,7 +374,7 @@ class DeliveryActivities:
         now = parse_now(inp.now)
         ctx = await asyncio.to_thread(self.campaign, inp.campaign_id)
         tally = _Tally()
-        counts, targets = await asyncio.to_thread(self._prepare, ctx, inp, now, tally)
+        counts, targets = await self._write(self._prepare, ctx, inp, now, tally)
         await self._process(ctx, targets, now, tally, progress=lambda done: self._after_chunk(inp, done))
         return BatchResult(counts=tally.counts(audience=counts["audience"], already_done=counts["already_done"]),
                            budget_exhausted=tally.exhausted, deferred=dict(tally.deferred))
@@ -368,7 +385,7 @@ class DeliveryActivities:
         now = parse_now(inp.now)
         ctx = await asyncio.to_thread(self.campaign, inp.campaign_id)
         tally = _Tally()
-        targets, more, next_due = await asyncio.to_thread(self._prepare_due, ctx, inp, now, tally)
+        targets, more, next_due = await self._write(self._prepare_due, ctx, inp, now, tally)
         await self._process(ctx, targets, now, tally, progress=lambda done: None)
         paced = bool(tally.deferred.get(Deferral.paced))   # what the page's time left over is due now
         return DueResult(counts=tally.counts(), more=(more or paced) and not tally.exhausted,
@@ -388,13 +405,13 @@ class DeliveryActivities:
         while queue:
             if time.monotonic() - started > self._time_budget_s:
                 left = [t.delivery_id for t in queue]
-                await asyncio.to_thread(self._defer, left, Deferral.paced)
+                await self._write(self._defer, left, Deferral.paced)
                 tally.add(DeliveryStatus.planned, Deferral.paced, len(left))
                 break
             chunk = [queue.popleft() for _ in range(min(self._chunk, len(queue)))]
             size = len(chunk)
             if tally.exhausted:
-                await asyncio.to_thread(self._defer, [t.delivery_id for t in chunk], Deferral.budget_exhausted)
+                await self._write(self._defer, [t.delivery_id for t in chunk], Deferral.budget_exhausted)
                 tally.add(DeliveryStatus.planned, Deferral.budget_exhausted, len(chunk))
                 handled += len(chunk)
                 continue
@@ -414,7 +431,7 @@ class DeliveryActivities:
                     outcomes.append(self._fall_back(ctx, t, "render_error", now, reason="render_error"))
                     continue
                 rendered.append((t, msg, cost))
-            claimed = await asyncio.to_thread(self._claim, ctx, rendered, now, tally)
+            claimed = await self._write(self._claim, ctx, rendered, now, tally)
             routes = await asyncio.to_thread(self._routes, ctx, {t.channel for t, _, _ in claimed})
             began = time.time()
             sent = await self._sender.send_all([(t, m) for t, m, _ in claimed], routes,
@@ -474,7 +491,7 @@ class DeliveryActivities:
         delay, give_up = 0.2, time.monotonic() + self._record_retry_s
         while True:
             try:
-                await asyncio.to_thread(self._record, ctx, outcomes)
+                await self._write(self._record, ctx, outcomes)
                 return
             except DBAPIError as exc:
                 transient = isinstance(exc, OperationalError) or exc.connection_invalidated
@@ -485,6 +502,25 @@ class DeliveryActivities:
                 heartbeat()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, a transaction that writes (it may read first). On SQLite it runs on the event loop's
+        thread once that holds the database's write turn (waited for in a thread meanwhile): in a thread of its
+        own, each SQLite call gave the GIL up to the busy loop and took up to the 5 ms switch interval to get it
+        back, and the turn was held ~3 times as long as the work (bench/README.md). On PostgreSQL, in a thread."""
+        async with loop_write_turn(self._engine) as on_loop:
+            if on_loop:
+                try:
+                    with waiting_briefly(LOOP_BUSY_MS):
+                        return fn(*args)
+                except OperationalError as exc:
+                    # a writer that takes no turn (another tool) holds SQLite's lock: wait for it in a thread, not
+                    # on the loop. In WAL mode only a transaction's first write waits for the lock, and the
+                    # functions given here count nothing before it, so running them again counts nothing twice
+                    if not is_locked(exc):
+                        raise
+                    log.info("the database is locked by a writer that takes no turn; waiting in a thread")
+        return await asyncio.to_thread(fn, *args)
 
     def _after_chunk(self, inp: DeliverBatch, handled: int) -> None:
         """Called after each chunk's outcomes are committed (a seam for fault-injection tests)."""
@@ -668,25 +704,28 @@ class DeliveryActivities:
         carded = set(cards)
         purchases = self._last_purchases(s, ids) if "last_purchase" in ctx.uses and ids else {}
         out: list[_Member] = []
+        program_tz = ctx.program_tz
         for r in rows:
             m = r._mapping
-            postal = address_lines(m.get("postal_address"), r.first_name, r.last_name) \
-                if m.get("postal_address") else []
-            phone = m.get("phone")
+            postal_address = m["postal_address"] if "direct_mail" in wanted else None
+            postal = address_lines(postal_address, r.first_name, r.last_name) if postal_address else []
+            phone = m["phone"] if "sms" in wanted or "whatsapp" in wanted else None
+            chat = m["telegram_chat_id"] if "telegram" in wanted else None
+            inbound = m["whatsapp_inbound_at"] if "whatsapp" in wanted else None
             addresses = {"email": r.email or "", "sms": phone or "", "whatsapp": phone or "",
-                         "telegram": m.get("telegram_chat_id") or "", "direct_mail": "\n".join(postal)}
+                         "telegram": chat or "", "direct_mail": "\n".join(postal)}
             out.append(_Member(
                 id=r.id, locale=r.locale, time_zone=r.time_zone,
                 context={"member": {**(r.attributes or {}), "first_name": r.first_name,
                                     "last_name": r.last_name, "kind": r.kind, "locale": r.locale},
-                         "time_zone": r.time_zone or ctx.program_tz,
+                         "time_zone": r.time_zone or program_tz,
                          "card": cards.get(r.id), "last_purchase": purchases.get(r.id)},
-                contacts=Contacts(email=r.email, phone=phone, telegram_chat_id=m.get("telegram_chat_id"),
+                contacts=Contacts(email=r.email, phone=phone, telegram_chat_id=chat,
                                   push_tokens=len(tokens.get(r.id, ())), has_card=r.id in carded,
                                   postal=bool(postal)),
                 addresses=addresses, push_tokens=tuple(tokens.get(r.id, ())),
-                whatsapp_open=session_open(_aware(m.get("whatsapp_inbound_at")), now),
-                quiet=member_quiet_hours(r.preferences)))
+                whatsapp_open=inbound is not None and session_open(_aware(inbound), now),
+                quiet=member_quiet_hours(r.preferences) if r.preferences else None))
         return out
 
     def _last_purchases(self, s: Session, member_ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -778,15 +817,9 @@ class DeliveryActivities:
         who = (self._pending(ctx, inp.step, inp.occurrence) if inp.pending_only
                else self._recipients(ctx, inp.step, inp.occurrence, now))
         with session_scope(self._engine) as s:
+            # reads first, outside the write turn (on SQLite they run outside a transaction until the first write)
             members = self._members(s, ctx, [who, Member.id > inp.after, Member.id <= inp.upto], now)  # type: ignore[operator]
             counts["audience"] = 0 if inp.pending_only else len(members)
-            # rows a crashed attempt left `sending`: the provider may have the message → in doubt
-            interrupted = set(s.scalars(select(Delivery.member_id).where(
-                *key, Delivery.status == DeliveryStatus.sending)))
-            if interrupted:
-                s.execute(update(Delivery).where(*key, Delivery.status == DeliveryStatus.sending)
-                          .values(status=DeliveryStatus.in_doubt, reason="interrupted", updated_at=utcnow()))
-                tally.add(DeliveryStatus.in_doubt, "interrupted", len(interrupted))
 
             def existing_rows() -> dict[int, tuple[int, str, Any]]:
                 return {m: (d, st, att) for d, m, st, att in s.execute(
@@ -806,34 +839,55 @@ class DeliveryActivities:
                     "variant": ctx.variant_of(m.id) if status != DeliveryStatus.held_out else None,
                     "segment": segments.get(m.id), "created_at": utcnow(), "updated_at": utcnow(),
                 })
-                if status != DeliveryStatus.planned:
-                    tally.add(status, reason, channel=channel)
-            if new_rows:
-                s.execute(insert_ignore(s, Delivery.__table__, ["campaign_id", "member_id", "step", "occurrence"]),
-                          new_rows)
-                existing = existing_rows()
-            new_ids = {r["member_id"] for r in new_rows}
-            targets: list[Target] = []
-            waiting: dict[datetime | None, list[int]] = {}
-            gone: dict[str, list[int]] = {}
-            for m in members:
-                delivery_id, status, attempts = existing[m.id]
-                if status in FINISHED:
-                    if m.id not in new_ids and m.id not in interrupted:
-                        counts["already_done"] += 1
-                    continue
-                if status != DeliveryStatus.planned:  # pragma: no cover - sending was turned in_doubt above
-                    continue
-                target, when, reason = self._route(ctx, inp.step, delivery_id, m, states, attempts, now)
-                if target is None:
-                    gone.setdefault(reason or NO_WINDOW, []).append(delivery_id)
-                elif when != now:
-                    waiting.setdefault(when, []).append(delivery_id)
-                else:
-                    targets.append(target)
-            self._suppress(s, gone, tally)
-            self._wait_for_windows(s, waiting, tally)
+            with write_phase(s):   # the writes: in the database's write turn, committed before it is handed on
+                # rows a crashed attempt left `sending`: the provider may have the message → in doubt
+                interrupted = set(s.scalars(select(Delivery.member_id).where(
+                    *key, Delivery.status == DeliveryStatus.sending)))
+                if interrupted:
+                    s.execute(update(Delivery).where(*key, Delivery.status == DeliveryStatus.sending)
+                              .values(status=DeliveryStatus.in_doubt, reason="interrupted", updated_at=utcnow()))
+                    tally.add(DeliveryStatus.in_doubt, "interrupted", len(interrupted))
+                if new_rows:
+                    s.execute(insert_ignore(s, Delivery.__table__, ["campaign_id", "member_id", "step", "occurrence"]),
+                              new_rows)
+                if new_rows or interrupted:
+                    existing = existing_rows()
+            for row in new_rows:   # counted once written (_write may run this again when SQLite was locked)
+                if row["status"] != DeliveryStatus.planned:
+                    tally.add(row["status"], row["reason"], channel=row["channel"])
+            targets, gone, waiting = self._targets(ctx, inp, members, existing, new_ids={r["member_id"] for r in new_rows},
+                                                   interrupted=interrupted, states=states, now=now, counts=counts)
+            if gone or waiting:
+                with write_phase(s):
+                    self._suppress(s, gone, tally)
+                    self._wait_for_windows(s, waiting, tally)
         return counts, targets
+
+    def _targets(self, ctx: CampaignContext, inp: DeliverBatch, members: list[_Member],
+                 existing: dict[int, tuple[int, str, Any]], *, new_ids: set[int], interrupted: set[int],
+                 states: dict[str, dict[int, dict[str, str]]], now: datetime, counts: Counter[str],
+                 ) -> tuple[list[Target], dict[str, list[int]], dict[datetime | None, list[int]]]:
+        """A page's rows still planned, routed: (sent now, no channel left by reason, waiting by when the window
+        opens)."""
+        targets: list[Target] = []
+        waiting: dict[datetime | None, list[int]] = {}
+        gone: dict[str, list[int]] = {}
+        for m in members:
+            delivery_id, status, attempts = existing[m.id]
+            if status in FINISHED:
+                if m.id not in new_ids and m.id not in interrupted:
+                    counts["already_done"] += 1
+                continue
+            if status != DeliveryStatus.planned:  # pragma: no cover - sending was turned in_doubt above
+                continue
+            target, when, reason = self._route(ctx, inp.step, delivery_id, m, states, attempts, now)
+            if target is None:
+                gone.setdefault(reason or NO_WINDOW, []).append(delivery_id)
+            elif when != now:
+                waiting.setdefault(when, []).append(delivery_id)
+            else:
+                targets.append(target)
+        return targets, gone, waiting
 
     def _prepare_due(self, ctx: CampaignContext, inp: DeliverDue, now: datetime,
                      tally: _Tally) -> tuple[list[Target], bool, datetime | None]:
@@ -968,9 +1022,13 @@ class DeliveryActivities:
 
     def locale_for(self, ctx: CampaignContext, step: str, member_locale: str | None, channel: str = "email",
                    variant: str | None = None) -> str:
-        name, version = ctx.template(step, variant)
-        return self._renderer.resolve_locale(name, member_locale, ctx.spec.locale_default or ctx.program_locale,
-                                             channel=channel, version=version)
+        key = ("locale", step, member_locale, channel, variant)
+        found = ctx.memo.get(key)
+        if found is None:   # the campaign's templates are pinned: the same answer for as long as it runs
+            name, version = ctx.template(step, variant)
+            found = ctx.memo[key] = self._renderer.resolve_locale(
+                name, member_locale, ctx.spec.locale_default or ctx.program_locale, channel=channel, version=version)
+        return found
 
     def _defer(self, ids: list[int], reason: str) -> None:
         with write_scope(self._engine) as s:
@@ -1035,13 +1093,16 @@ class DeliveryActivities:
                 self._defer_rows(s, [t.delivery_id for t, _, _ in unreached], Deferral.budget_exhausted)
                 tally.add(DeliveryStatus.planned, Deferral.budget_exhausted, len(unreached))
                 tally.exhausted = True
-            if allowed:
-                table = Delivery.__table__
+            # one UPDATE per (cost, channel), mostly one a chunk: an executemany costs a statement a row
+            same: dict[tuple[Decimal, str], list[int]] = {}
+            for t, _, c in allowed:
+                same.setdefault((c, t.channel), []).append(t.delivery_id)
+            table = Delivery.__table__
+            for (cost, channel), ids in same.items():
                 s.connection().execute(
-                    update(table).where(table.c.id == bindparam("b_id"), table.c.status == DeliveryStatus.planned)
-                    .values(status=DeliveryStatus.sending, reason=None, cost=bindparam("b_cost"),
-                            channel=bindparam("b_channel"), sent_at=now, updated_at=utcnow()),
-                    [{"b_id": t.delivery_id, "b_cost": c, "b_channel": t.channel} for t, _, c in allowed])
+                    update(table).where(table.c.id.in_(ids), table.c.status == DeliveryStatus.planned)
+                    .values(status=DeliveryStatus.sending, reason=None, cost=cost, channel=channel, sent_at=now,
+                            updated_at=utcnow()))
         return allowed
 
     def _denied_now(self, ctx: CampaignContext, targets: list[Target]) -> dict[int, str]:

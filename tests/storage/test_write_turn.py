@@ -49,6 +49,7 @@ def test_another_process_waits_for_the_turn(tmp_path: Path) -> None:
     child = (
         "import sys, time; from storage.db import make_engine, write_turn\n"
         f"e = make_engine({url!r})\n"
+        "print('waiting', flush=True)\n"
         "t0 = time.monotonic()\n"
         "with write_turn(e):\n"
         "    print(f'{time.monotonic() - t0:.3f}', flush=True)\n"
@@ -56,10 +57,12 @@ def test_another_process_waits_for_the_turn(tmp_path: Path) -> None:
     with write_turn(engine):
         proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True,
                                 cwd=Path(__file__).resolve().parents[2])
-        time.sleep(1.0)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "waiting"
+        time.sleep(0.6)
         assert proc.poll() is None, "the other process did not wait for the turn"
     out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and float(out) >= 0.5   # it waited for us (startup takes part of the second)
+    assert proc.returncode == 0 and float(out) >= 0.5   # it waited for us
     engine.dispose()
 
 
@@ -68,3 +71,74 @@ def test_in_memory_and_postgresql_take_no_file_turn(any_db_url: str) -> None:
     with write_turn(engine), write_scope(engine) as s:    # no file, no deadlock with itself
         assert s.execute(text("SELECT 1")).scalar() == 1
     engine.dispose()
+
+
+async def test_the_event_loop_holds_the_turn_without_blocking_while_it_waits(tmp_path: Path) -> None:
+    """``held()`` waits for the turn in a helper thread (the loop goes on), then the loop's own thread holds
+    it: a write on the loop thread re-enters it, a thread of the process waits for it, and a wait cancelled
+    gives the turn back once it came."""
+    import asyncio
+
+    from storage.db import loop_write_turn
+
+    url = f"sqlite:///{tmp_path / 'turns.db'}"
+    engine = make_engine(url)
+    turn = write_turn(engine)
+    with write_scope(engine) as s:
+        s.execute(text("CREATE TABLE t (x INTEGER)"))
+    release = threading.Event()
+    taken = threading.Event()
+
+    def holder() -> None:
+        with turn:
+            taken.set()
+            release.wait(5)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert taken.wait(5)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    waiting = asyncio.create_task(_write_on_loop(engine, loop_write_turn))
+    await asyncio.sleep(HOLD_S)
+    assert not waiting.done() and ticks >= 10     # waited for the thread's turn; the loop went on meanwhile
+    release.set()
+    assert await asyncio.wait_for(waiting, 5) == threading.get_ident()
+    t.join(5)
+
+    # a wait cancelled while another holds the turn: the turn comes back to nobody, not to a dead waiter
+    release.clear()
+    taken.clear()
+    t = threading.Thread(target=holder)
+    t.start()
+    assert taken.wait(5)
+    cancelled = asyncio.create_task(_write_on_loop(engine, loop_write_turn))
+    await asyncio.sleep(0.1)
+    cancelled.cancel()
+    release.set()
+    t.join(5)
+    await asyncio.sleep(0.2)
+    got = threading.Event()
+    other = threading.Thread(target=lambda: (turn.__enter__(), got.set(), turn.__exit__()))
+    other.start()
+    assert got.wait(5), "the cancelled wait kept the turn"
+    other.join(5)
+    ticker.cancel()
+    with engine.connect() as c:
+        assert c.execute(text("SELECT x FROM t")).scalars().all() == [1]
+    engine.dispose()
+
+
+async def _write_on_loop(engine, loop_write_turn) -> int:  # type: ignore[no-untyped-def]  # noqa: ANN001
+    async with loop_write_turn(engine) as on_loop:
+        assert on_loop
+        with write_scope(engine) as s:     # re-enters the turn on the loop's thread
+            s.execute(text("INSERT INTO t VALUES (1)"))
+        return threading.get_ident()
