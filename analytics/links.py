@@ -112,12 +112,10 @@ class Tracker:
         self.base_url = self.base_url.rstrip("/")
 
     def trackable(self, url: str) -> bool:
-        if not safe_target(url):
+        # our own links first: they carry a token per message, so they would only churn safe_target's cache
+        if url.startswith(self.base_url) and url[len(self.base_url):].startswith(OWN_PREFIXES):
             return False
-        if url.startswith(self.base_url):
-            rest = url[len(self.base_url):]
-            return not rest.startswith(OWN_PREFIXES)
-        return True
+        return safe_target(url)
 
     def label(self, text: str) -> str:
         self._index += 1
@@ -149,20 +147,11 @@ class Tracker:
         return _ANCHOR.sub(self._anchor, html)
 
     def _anchor(self, m: re.Match[str]) -> str:
-        attrs, inner = m.group(1), m.group(2)
-        href = _HREF.search(attrs)
-        if href is None or _NO_TRACK.search(attrs):
+        parts = _anchor_parts(m.group(1), m.group(2))
+        if parts is None or not self.trackable(parts[0]):
             return m.group(0)
-        raw = href.group(1) if href.group(1) is not None else (
-            href.group(2) if href.group(2) is not None else href.group(3))
-        url = unescape(raw).strip()
-        if not self.trackable(url):
-            return m.group(0)
-        named = _LABEL_ATTR.search(attrs)
-        explicit = unescape(named.group(1) or named.group(2) or "") if named else None
-        text = explicit if explicit is not None else _anchor_text(inner)
+        url, text, start, end = parts
         tracked = self.click_url(url, text)
-        start, end = href.span(1 if href.group(1) is not None else 2 if href.group(2) is not None else 3)
         a0 = m.start(1)   # href's span is within the attributes: only the value is replaced
         return m.string[m.start():a0 + start] + tracked + m.string[a0 + end:m.end()]
 
@@ -208,6 +197,21 @@ class Tracker:
 
     def buttons(self, buttons: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         return [(text, self.link(url, text) or url) for text, url in buttons]
+
+
+@lru_cache(maxsize=4096)   # every message of a campaign has the same few anchors
+def _anchor_parts(attrs: str, inner: str) -> tuple[str, str, int, int] | None:
+    """(URL, the text its label is made of, where the href's value starts and ends within ``attrs``) of an
+    anchor, or None when it has no href or says not to track it."""
+    href = _HREF.search(attrs)
+    if href is None or _NO_TRACK.search(attrs):
+        return None
+    group = 1 if href.group(1) is not None else 2 if href.group(2) is not None else 3
+    named = _LABEL_ATTR.search(attrs)
+    explicit = unescape(named.group(1) or named.group(2) or "") if named else None
+    start, end = href.span(group)
+    return (unescape(href.group(group)).strip(), explicit if explicit is not None else _anchor_text(inner),
+            start, end)
 
 
 @lru_cache(maxsize=4096)
