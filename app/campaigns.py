@@ -178,7 +178,7 @@ def _workflow_and_input(spec: CampaignSpec, campaign_id: int, settings: Settings
     steps = [StepPlan("main", 0.0), *(StepPlan(f.step, f.after.total_seconds()) for f in spec.follow_ups)]
     return BroadcastCampaign.run, BroadcastInput(
         campaign_id=campaign_id, start_at=start_at, page_size=settings.page_size,
-        concurrency=settings.batch_concurrency, end_at=None if recurring else end_at, steps=steps,
+        concurrency=settings.pages_in_flight, end_at=None if recurring else end_at, steps=steps,
         recurring=recurring, hand_over=ChannelName.direct_mail in spec.all_channels)
 
 

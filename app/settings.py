@@ -70,7 +70,8 @@ class Settings(BaseSettings):
 
     # broadcast tuning
     page_size: int = Field(default=500, ge=1, le=5000)
-    batch_concurrency: int = Field(default=4, ge=1, le=64)
+    # pages of a broadcast sent side by side (None: 4 for each worker process of `clarion up`, at least 4)
+    batch_concurrency: int | None = Field(default=None, ge=1, le=64)
     # a stopping worker (SIGTERM, a deploy) lets the pages it is sending finish for this long before they are
     # cancelled (Temporal then retries them elsewhere; rows already claimed are never sent twice)
     worker_shutdown_s: float = Field(default=30.0, ge=0, le=600)
@@ -123,6 +124,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.var_dir / 'clarion.db').as_posix()}"
+
+    @property
+    def pages_in_flight(self) -> int:
+        """A broadcast's pages sent side by side: ``batch_concurrency``, else 4 per worker process of `clarion up`
+        (with 3 workers on 2 cores, 4 pages in flight left them idle half the time: bench/README.md)."""
+        return self.batch_concurrency or 4 * max(1, self.up_workers)
 
     @property
     def temporal_target(self) -> str:

@@ -861,7 +861,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", "-r", type=int, default=1, help="repeat the whole measurement (fresh db each)")
     p.add_argument("--page-size", type=int, default=base.page_size, help="members per deliver_batch activity")
     p.add_argument("--batch-concurrency", type=int, default=base.batch_concurrency,
-                   help="deliver_batch activities in flight")
+                   help="deliver_batch activities in flight (default: CLARION_BATCH_CONCURRENCY, else 4 per worker)")
     p.add_argument("--sink", choices=["auto", "smtp-sink", "aiosmtpd"], default="auto",
                    help="SMTP sink: Postfix smtp-sink if found (auto), else aiosmtpd")
     p.add_argument("--breakdown", action="store_true",
@@ -879,6 +879,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temporary folders (db, sink log)")
     p.add_argument("--seed-only", metavar="DB_URL", help=argparse.SUPPRESS)  # internal: the seeding child
     args = p.parse_args(argv)
+    if args.batch_concurrency is None:   # as `clarion up` with this many worker processes (Settings.pages_in_flight)
+        args.batch_concurrency = base.model_copy(update={"up_workers": args.workers}).pages_in_flight
     if args.sink == "auto":
         args.sink_used = "smtp-sink" if find_smtp_sink() else "aiosmtpd"
     else:
