@@ -817,7 +817,7 @@ class DeliveryActivities:
         who = (self._pending(ctx, inp.step, inp.occurrence) if inp.pending_only
                else self._recipients(ctx, inp.step, inp.occurrence, now))
         with session_scope(self._engine) as s:
-            # reads first, outside the write turn (on SQLite they run outside a transaction until the first write)
+            # reads first (on SQLite outside a transaction: pysqlite begins one at the first write)
             members = self._members(s, ctx, [who, Member.id > inp.after, Member.id <= inp.upto], now)  # type: ignore[operator]
             counts["audience"] = 0 if inp.pending_only else len(members)
 
@@ -852,15 +852,15 @@ class DeliveryActivities:
                               new_rows)
                 if new_rows or interrupted:
                     existing = existing_rows()
-            for row in new_rows:   # counted once written (_write may run this again when SQLite was locked)
-                if row["status"] != DeliveryStatus.planned:
-                    tally.add(row["status"], row["reason"], channel=row["channel"])
-            targets, gone, waiting = self._targets(ctx, inp, members, existing, new_ids={r["member_id"] for r in new_rows},
-                                                   interrupted=interrupted, states=states, now=now, counts=counts)
-            if gone or waiting:
-                with write_phase(s):
-                    self._suppress(s, gone, tally)
-                    self._wait_for_windows(s, waiting, tally)
+                # counted after the first write: until then _write may run this again (SQLite was locked)
+                for row in new_rows:
+                    if row["status"] != DeliveryStatus.planned:
+                        tally.add(row["status"], row["reason"], channel=row["channel"])
+                targets, gone, waiting = self._targets(
+                    ctx, inp, members, existing, new_ids={r["member_id"] for r in new_rows}, interrupted=interrupted,
+                    states=states, now=now, counts=counts)
+                self._suppress(s, gone, tally)
+                self._wait_for_windows(s, waiting, tally)
         return counts, targets
 
     def _targets(self, ctx: CampaignContext, inp: DeliverBatch, members: list[_Member],

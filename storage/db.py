@@ -227,7 +227,8 @@ def upsert(engine_or_session: Any, table: Any, index_elements: list[str], update
 def write_phase(session: Session) -> Iterator[None]:
     """The writes of a session that read first: in the database's :func:`write_turn`, committed (or rolled back)
     before the turn is handed on. On SQLite the reads before it ran outside a transaction (pysqlite begins one
-    at the first write), so they hold no lock while the rows are worked out."""
+    at the first write) and took no SQLite lock; a caller already in the turn (``DeliveryActivities._write``)
+    keeps it throughout."""
     with write_turn(session.get_bind()):
         try:
             yield
