@@ -4,15 +4,20 @@ sleeping in SQLite's busy handler. Real SQLite files, a real second process."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
-from storage.db import make_engine, write_scope, write_turn
+from storage.db import is_locked, loop_write_turn, make_engine, waiting_briefly, write_scope, write_turn
 
 HOLD_S = 0.4
 
@@ -77,10 +82,6 @@ async def test_the_event_loop_holds_the_turn_without_blocking_while_it_waits(tmp
     """``held()`` waits for the turn in a helper thread (the loop goes on), then the loop's own thread holds
     it: a write on the loop thread re-enters it, a thread of the process waits for it, and a wait cancelled
     gives the turn back once it came."""
-    import asyncio
-
-    from storage.db import loop_write_turn
-
     url = f"sqlite:///{tmp_path / 'turns.db'}"
     engine = make_engine(url)
     turn = write_turn(engine)
@@ -106,7 +107,7 @@ async def test_the_event_loop_holds_the_turn_without_blocking_while_it_waits(tmp
             ticks += 1
 
     ticker = asyncio.create_task(tick())
-    waiting = asyncio.create_task(_write_on_loop(engine, loop_write_turn))
+    waiting = asyncio.create_task(_write_on_loop(engine))
     await asyncio.sleep(HOLD_S)
     assert not waiting.done() and ticks >= 10     # waited for the thread's turn; the loop went on meanwhile
     release.set()
@@ -119,7 +120,7 @@ async def test_the_event_loop_holds_the_turn_without_blocking_while_it_waits(tmp
     t = threading.Thread(target=holder)
     t.start()
     assert taken.wait(5)
-    cancelled = asyncio.create_task(_write_on_loop(engine, loop_write_turn))
+    cancelled = asyncio.create_task(_write_on_loop(engine))
     await asyncio.sleep(0.1)
     cancelled.cancel()
     release.set()
@@ -136,9 +137,35 @@ async def test_the_event_loop_holds_the_turn_without_blocking_while_it_waits(tmp
     engine.dispose()
 
 
-async def _write_on_loop(engine, loop_write_turn) -> int:  # type: ignore[no-untyped-def]  # noqa: ANN001
+async def _write_on_loop(engine: Engine) -> int:
     async with loop_write_turn(engine) as on_loop:
         assert on_loop
         with write_scope(engine) as s:     # re-enters the turn on the loop's thread
             s.execute(text("INSERT INTO t VALUES (1)"))
         return threading.get_ident()
+
+
+def test_waiting_briefly_gives_up_on_a_foreign_lock_in_its_time_and_only_in_its_thread(tmp_path: Path) -> None:
+    """Another connection (no turn) holds SQLite's write lock: a transaction begun under waiting_briefly(ms) says
+    "database is locked" after about ms; the same pooled connection afterwards waits the usual busy timeout."""
+    path = tmp_path / "turns.db"
+    engine = make_engine(f"sqlite:///{path}")
+    with write_scope(engine) as s:
+        s.execute(text("CREATE TABLE t (x INTEGER)"))
+    foreign = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    foreign.execute("BEGIN IMMEDIATE")
+    t0 = time.monotonic()
+    with waiting_briefly(100), pytest.raises(OperationalError) as err, write_scope(engine) as s:
+        s.execute(text("INSERT INTO t VALUES (1)"))
+    waited = time.monotonic() - t0
+    assert is_locked(err.value) and 0.09 <= waited < 2.0
+
+    threading.Timer(0.6, lambda: foreign.execute("COMMIT")).start()
+    t0 = time.monotonic()
+    with write_scope(engine) as s:     # the same connection from the pool: back to the long timeout
+        s.execute(text("INSERT INTO t VALUES (2)"))
+    assert time.monotonic() - t0 >= 0.5
+    with engine.connect() as c:
+        assert c.execute(text("SELECT x FROM t")).scalars().all() == [2]
+    foreign.close()
+    engine.dispose()
