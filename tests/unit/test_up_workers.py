@@ -65,3 +65,18 @@ async def test_a_worker_process_that_dies_is_started_again_and_all_are_stopped_w
     assert all(p.poll() is not None for p in spawned)
     await asyncio.sleep(0.2)
     assert len(spawned) == 3                    # nothing started again after the stop
+
+
+@pytest.mark.parametrize(("env", "pages"), [
+    ({}, 4),                                                            # one worker process
+    ({"CLARION_UP_WORKERS": "3"}, 12),                                  # 4 pages in flight per worker
+    ({"CLARION_UP_WORKERS": "0"}, 4),                                   # the worker inside clarion up
+    ({"CLARION_UP_WORKERS": "3", "CLARION_BATCH_CONCURRENCY": "5"}, 5),  # set: taken as it is
+])
+def test_a_broadcast_keeps_four_pages_in_flight_per_worker_process_unless_told(
+        env: dict[str, str], pages: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in [k for k in os.environ if k.startswith("CLARION_")]:
+        monkeypatch.delenv(name)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert Settings(_env_file=None, var_dir=tmp_path).pages_in_flight == pages
