@@ -67,15 +67,7 @@ from consent.policy import CHANNEL_WIDE, SERVICE_TOPIC, decide
 from consent.tokens import Signer
 from members.coupons import assign_codes
 from members.profile import address_lines
-from storage.db import (
-    insert_ignore,
-    is_locked,
-    loop_write_turn,
-    session_scope,
-    waiting_briefly,
-    write_phase,
-    write_scope,
-)
+from storage.db import insert_ignore, run_write, session_scope, write_scope
 from storage.tables import (
     Campaign,
     Card,
@@ -134,8 +126,6 @@ TIME_BUDGET_S = 6 * 60.0
 # how long a chunk's outcomes are tried again while the database is away (within the 30 s heartbeat: it beats
 # between tries)
 RECORD_RETRY_S = 120.0
-# how long a write on the event loop's thread waits for SQLite's lock before it goes to a thread (_write)
-LOOP_BUSY_MS = 50
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -504,23 +494,9 @@ class DeliveryActivities:
                 delay = min(delay * 2, 5.0)
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)``, a transaction that writes (it may read first). On SQLite it runs on the event loop's
-        thread once that holds the database's write turn (waited for in a thread meanwhile): in a thread of its
-        own, each SQLite call gave the GIL up to the busy loop and took up to the 5 ms switch interval to get it
-        back, and the turn was held ~3 times as long as the work (bench/README.md). On PostgreSQL, in a thread."""
-        async with loop_write_turn(self._engine) as on_loop:
-            if on_loop:
-                try:
-                    with waiting_briefly(LOOP_BUSY_MS):
-                        return fn(*args)
-                except OperationalError as exc:
-                    # a writer that takes no turn (another tool) holds SQLite's lock: wait for it in a thread, not
-                    # on the loop. In WAL mode only a transaction's first write waits for the lock, and the
-                    # functions given here count nothing before it, so running them again counts nothing twice
-                    if not is_locked(exc):
-                        raise
-                    log.info("the database is locked by a writer that takes no turn; waiting in a thread")
-        return await asyncio.to_thread(fn, *args)
+        """``fn(*args)``, a transaction that writes: :func:`storage.db.run_write` (on SQLite, on the loop's thread
+        in the write turn). The functions given count nothing before their first write."""
+        return await run_write(self._engine, fn, *args)
 
     def _after_chunk(self, inp: DeliverBatch, handled: int) -> None:
         """Called after each chunk's outcomes are committed (a seam for fault-injection tests)."""
@@ -839,28 +815,27 @@ class DeliveryActivities:
                     "variant": ctx.variant_of(m.id) if status != DeliveryStatus.held_out else None,
                     "segment": segments.get(m.id), "created_at": utcnow(), "updated_at": utcnow(),
                 })
-            with write_phase(s):   # the writes: in the database's write turn, committed before it is handed on
-                # rows a crashed attempt left `sending`: the provider may have the message → in doubt
-                interrupted = set(s.scalars(select(Delivery.member_id).where(
-                    *key, Delivery.status == DeliveryStatus.sending)))
-                if interrupted:
-                    s.execute(update(Delivery).where(*key, Delivery.status == DeliveryStatus.sending)
-                              .values(status=DeliveryStatus.in_doubt, reason="interrupted", updated_at=utcnow()))
-                    tally.add(DeliveryStatus.in_doubt, "interrupted", len(interrupted))
-                if new_rows:
-                    s.execute(insert_ignore(s, Delivery.__table__, ["campaign_id", "member_id", "step", "occurrence"]),
-                              new_rows)
-                if new_rows or interrupted:
-                    existing = existing_rows()
-                # counted after the first write: until then _write may run this again (SQLite was locked)
-                for row in new_rows:
-                    if row["status"] != DeliveryStatus.planned:
-                        tally.add(row["status"], row["reason"], channel=row["channel"])
-                targets, gone, waiting = self._targets(
-                    ctx, inp, members, existing, new_ids={r["member_id"] for r in new_rows}, interrupted=interrupted,
-                    states=states, now=now, counts=counts)
-                self._suppress(s, gone, tally)
-                self._wait_for_windows(s, waiting, tally)
+            # the writes (the caller, _write, holds the turn); rows a crashed attempt left `sending`: the provider may have the message → in doubt
+            interrupted = set(s.scalars(select(Delivery.member_id).where(
+                *key, Delivery.status == DeliveryStatus.sending)))
+            if interrupted:
+                s.execute(update(Delivery).where(*key, Delivery.status == DeliveryStatus.sending)
+                          .values(status=DeliveryStatus.in_doubt, reason="interrupted", updated_at=utcnow()))
+                tally.add(DeliveryStatus.in_doubt, "interrupted", len(interrupted))
+            if new_rows:
+                s.execute(insert_ignore(s, Delivery.__table__, ["campaign_id", "member_id", "step", "occurrence"]),
+                          new_rows)
+            if new_rows or interrupted:
+                existing = existing_rows()
+            # counted after the first write: until then _write may run this again (SQLite was locked)
+            for row in new_rows:
+                if row["status"] != DeliveryStatus.planned:
+                    tally.add(row["status"], row["reason"], channel=row["channel"])
+            targets, gone, waiting = self._targets(
+                ctx, inp, members, existing, new_ids={r["member_id"] for r in new_rows}, interrupted=interrupted,
+                states=states, now=now, counts=counts)
+            self._suppress(s, gone, tally)
+            self._wait_for_windows(s, waiting, tally)
         return counts, targets
 
     def _targets(self, ctx: CampaignContext, inp: DeliverBatch, members: list[_Member],

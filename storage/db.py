@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -19,6 +20,8 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 BUSY_TIMEOUT_MS = 30_000          # how long a SQLite statement waits for another writer's lock
 _brief = threading.local()
 
@@ -184,17 +187,37 @@ def write_turn(engine: Engine) -> _SqliteTurn | nullcontext[None]:
         return turn
 
 
-@asynccontextmanager
-async def loop_write_turn(engine: Engine) -> AsyncIterator[bool]:
-    """The database's :func:`write_turn` for the event loop's thread (SQLite: :meth:`_SqliteTurn.held`); yields
-    whether the writes should run right there, on the loop (SQLite, in-process), or in a thread (PostgreSQL: a
-    network round trip per statement, and row locks instead of one turn)."""
+# how long a write on an event loop's thread waits for SQLite's lock before it goes to a thread (run_write)
+LOOP_BUSY_MS = 50
+
+
+async def run_write(engine: Engine, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, a transaction that writes (it may read first), from an event loop. On SQLite it runs on the
+    loop's own thread once that holds the database's :func:`write_turn` (waited for in a helper thread,
+    :meth:`_SqliteTurn.held`): run in a thread of its own, each SQLite call gave the GIL up to the busy loop and
+    took up to the 5 ms switch interval to get it back, and the turn was held ~3 times as long as the work
+    (bench/README.md). A writer that takes no turn (another tool) holding SQLite's lock must not keep the loop
+    asleep in the busy handler: after :data:`LOOP_BUSY_MS` the transaction is run again, in a thread, in the
+    turn. In WAL mode only a transaction's first write waits for the lock, so ``fn`` must count nothing before
+    its first write; then running it again counts nothing twice. On PostgreSQL (row locks, a network round
+    trip a statement): in a thread."""
     turn = write_turn(engine)
-    if isinstance(turn, _SqliteTurn):
-        async with turn.held():
-            yield True
-    else:
-        yield False
+    if not isinstance(turn, _SqliteTurn):
+        return await asyncio.to_thread(fn, *args)
+    async with turn.held():
+        try:
+            with waiting_briefly(LOOP_BUSY_MS):
+                return fn(*args)
+        except OperationalError as exc:
+            if not is_locked(exc):
+                raise
+            log.info("the database is locked by a writer that takes no turn; waiting in a thread")
+
+    def in_turn() -> T:
+        with turn:
+            return fn(*args)
+
+    return await asyncio.to_thread(in_turn)
 
 
 @contextmanager
@@ -222,17 +245,3 @@ def upsert(engine_or_session: Any, table: Any, index_elements: list[str], update
         index_elements=index_elements, set_={c: stmt.excluded[c] for c in update_cols}
     )
 
-
-@contextmanager
-def write_phase(session: Session) -> Iterator[None]:
-    """The writes of a session that read first: in the database's :func:`write_turn`, committed (or rolled back)
-    before the turn is handed on. On SQLite the reads before it ran outside a transaction (pysqlite begins one
-    at the first write) and took no SQLite lock; a caller already in the turn (``DeliveryActivities._write``)
-    keeps it throughout."""
-    with write_turn(session.get_bind()):
-        try:
-            yield
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from storage.db import is_locked, loop_write_turn, make_engine, waiting_briefly, write_scope, write_turn
+from storage.db import is_locked, make_engine, run_write, waiting_briefly, write_scope, write_turn
 
 HOLD_S = 0.4
 
@@ -79,8 +79,8 @@ def test_in_memory_and_postgresql_take_no_file_turn(any_db_url: str) -> None:
 
 
 async def test_the_event_loop_holds_the_turn_without_blocking_while_it_waits(tmp_path: Path) -> None:
-    """``held()`` waits for the turn in a helper thread (the loop goes on), then the loop's own thread holds
-    it: a write on the loop thread re-enters it, a thread of the process waits for it, and a wait cancelled
+    """``run_write`` waits for the turn in a helper thread (the loop goes on), then the loop's own thread holds
+    it and writes there (re-entering it), a thread of the process waits for it, and a wait cancelled
     gives the turn back once it came."""
     url = f"sqlite:///{tmp_path / 'turns.db'}"
     engine = make_engine(url)
@@ -138,11 +138,12 @@ async def test_the_event_loop_holds_the_turn_without_blocking_while_it_waits(tmp
 
 
 async def _write_on_loop(engine: Engine) -> int:
-    async with loop_write_turn(engine) as on_loop:
-        assert on_loop
-        with write_scope(engine) as s:     # re-enters the turn on the loop's thread
+    def insert() -> int:
+        with write_scope(engine) as s:     # re-enters the turn the loop's thread holds
             s.execute(text("INSERT INTO t VALUES (1)"))
         return threading.get_ident()
+
+    return await run_write(engine, insert)
 
 
 def test_waiting_briefly_gives_up_on_a_foreign_lock_in_its_time_and_only_in_its_thread(tmp_path: Path) -> None:
