@@ -4,12 +4,16 @@ The SMTP transaction is driven step by step (MAIL, RCPT, DATA) so that the outco
 a refusal before DATA means nothing was sent (safe to retry or to give up); a connection lost or a
 timeout *during* DATA means the server may have accepted the message, which is in doubt and must
 not be resent blindly.
+
+The message is built once its connection has said what it takes: 8-bit UTF-8 parts (``BODY=8BITMIME``)
+where the server offers 8BITMIME, base64 otherwise (``channels.mime``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formataddr, parseaddr
@@ -60,6 +64,18 @@ def _map_response_error(exc: aiosmtplib.SMTPResponseException, *, stage: str,
                                  revoke_address=recipient_stage and exc.code in (550, 551, 553))
 
 
+async def _greeted(client: aiosmtplib.SMTP) -> None:
+    """EHLO once a connection (HELO where the server refuses EHLO), as aiosmtplib's MAIL would: the server's
+    extensions are known after it."""
+    if client.is_ehlo_or_helo_needed:
+        try:
+            await client.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            if not client.is_connected:
+                raise
+            await client.helo()
+
+
 class SmtpEmailChannel:
     name: ClassVar[ChannelName] = ChannelName.email
 
@@ -73,12 +89,13 @@ class SmtpEmailChannel:
     def new_message_id(self) -> str:
         return f"<{uuid.uuid4().hex}@{self._domain}>"
 
-    def build(self, msg: OutboundMessage) -> bytes:
+    def build(self, msg: OutboundMessage, *, eight_bit: bool = False) -> bytes:
+        """The message's bytes; ``eight_bit`` where the server takes 8-bit bodies (8BITMIME)."""
         message_id = msg.message_id or self.new_message_id()
         return build_email(
             sender=self._sender_header, to=msg.to, subject=msg.subject or "", text=msg.text,
             html=msg.html, message_id=message_id, date=datetime.now(UTC), headers=msg.headers,
-            boundary=new_boundary(message_id),
+            boundary=new_boundary(message_id), eight_bit=eight_bit,
         )
 
     async def _pool(self) -> asyncio.Queue[aiosmtplib.SMTP]:
@@ -99,24 +116,24 @@ class SmtpEmailChannel:
             to = ascii_address(msg.to)
         except (ValueError, UnicodeError) as exc:
             raise PermanentChannelError(f"email: cannot address this mailbox ({exc})", code="address") from exc
-        data = self.build(msg)
-        return await self.send_bytes(to, data, message_id=msg.message_id or "")
-
-    async def send_bytes(self, to: str, data: bytes, *, message_id: str) -> SendReceipt:
         pool = await self._pool()
         client = await pool.get()
         try:
-            await self._transaction(client, to, data)
+            await self._transaction(client, to, lambda eight_bit: self.build(msg, eight_bit=eight_bit))
         finally:
             pool.put_nowait(client)
-        return SendReceipt(provider_message_id=message_id)
+        return SendReceipt(provider_message_id=msg.message_id or "")
 
-    async def _transaction(self, client: aiosmtplib.SMTP, to: str, data: bytes) -> None:
+    async def _transaction(self, client: aiosmtplib.SMTP, to: str, build: Callable[[bool], bytes]) -> None:
+        """One message on ``client``: ``build(eight_bit)`` makes its bytes once the server's EHLO is known."""
         # before DATA: any failure means nothing was sent
         try:
             if not client.is_connected:
                 await client.connect()
-            await client.mail(self._envelope_from)
+            await _greeted(client)
+            eight_bit = client.supports_extension("8bitmime")
+            data = build(eight_bit)
+            await client.mail(self._envelope_from, options=["BODY=8BITMIME"] if eight_bit else None)
             await client.rcpt(to)
         except aiosmtplib.SMTPRecipientRefused as exc:
             await self._reset(client)

@@ -1,8 +1,13 @@
 """A fast builder of multipart/alternative email bytes.
 
 ``email.message.EmailMessage`` costs ~650 µs a message to serialize; this builds the same RFC 5322
-structure (UTF-8 parts in base64, RFC 2047 subject) with string joins; bench/README.md has its cost.
+structure (UTF-8 parts, RFC 2047 subject) with string joins; bench/README.md has its cost.
 Tests parse its output with the standard ``email`` package.
+
+Parts go in base64 (7-bit, for any server) or, when the server takes 8-bit bodies (RFC 6152 8BITMIME,
+``eight_bit=True``), as UTF-8 with CRLF line ends: a quarter smaller than base64 and nothing to encode.
+A part that cannot go 8-bit (a NUL, a line over 998 octets, a line that looks like the boundary) still
+goes in base64.
 """
 
 from __future__ import annotations
@@ -37,9 +42,34 @@ def _b64_lines(text: str) -> str:
     return base64.encodebytes(text.encode("utf-8")).decode("ascii").rstrip("\n").replace("\n", "\r\n")
 
 
+MAX_LINE = 998   # octets, CRLF excluded (RFC 5322 2.1.1)
+
+
+def _8bit_lines(text: str, boundary: str) -> bytes | None:
+    """``text`` in UTF-8 with CRLF line ends, or None when it cannot go as an 8-bit part."""
+    if "\x00" in text or f"--{boundary}" in text:
+        return None
+    data = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    if len(data) > MAX_LINE and max(map(len, data.split(b"\n"))) > MAX_LINE:
+        return None
+    return data.replace(b"\n", b"\r\n")
+
+
+def _part(content_type: str, text: str, boundary: str, eight_bit: bool) -> tuple[str, bytes]:
+    """(the part's Content-Type and Content-Transfer-Encoding lines, its body)."""
+    body = _8bit_lines(text, boundary) if eight_bit else None
+    if body is None:
+        return (f'Content-Type: {content_type}; charset="utf-8"\r\nContent-Transfer-Encoding: base64',
+                _b64_lines(text).encode("ascii"))
+    return (f'Content-Type: {content_type}; charset="utf-8"\r\n'
+            f'Content-Transfer-Encoding: {"7bit" if body.isascii() else "8bit"}', body)
+
+
 def build_email(*, sender: str, to: str, subject: str, text: str, html: str | None,
                 message_id: str, date: datetime, headers: dict[str, str] | None = None,
-                boundary: str) -> bytes:
+                boundary: str, eight_bit: bool = False) -> bytes:
+    """The message's bytes, CRLF line ends. ``eight_bit``: the server said 8BITMIME (the MAIL command then
+    says BODY=8BITMIME), so parts may go as 8-bit UTF-8."""
     head = [
         f"From: {sender}",
         f"To: {ascii_address(to)}",
@@ -50,20 +80,21 @@ def build_email(*, sender: str, to: str, subject: str, text: str, html: str | No
     ]
     for name, value in (headers or {}).items():
         head.append(f"{name}: {encode_header_value(value)}")
+    plain_head, plain = _part("text/plain", text, boundary, eight_bit)
     if html is None:
-        head += ['Content-Type: text/plain; charset="utf-8"', "Content-Transfer-Encoding: base64"]
-        return ("\r\n".join(head) + "\r\n\r\n" + _b64_lines(text) + "\r\n").encode("ascii")
+        head.append(plain_head)
+        # the message ends with a line break: an 8-bit text without one gets it
+        end = b"" if plain.endswith(b"\r\n") else b"\r\n"
+        return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + plain + end
+    html_head, html_body = _part("text/html", html, boundary, eight_bit)
     head.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
-    body = (
-        f"--{boundary}\r\n"
-        'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
-        f"{_b64_lines(text)}\r\n"
-        f"--{boundary}\r\n"
-        'Content-Type: text/html; charset="utf-8"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
-        f"{_b64_lines(html)}\r\n"
-        f"--{boundary}--\r\n"
-    )
-    return ("\r\n".join(head) + "\r\n\r\n" + body).encode("ascii")
+    delimiter = f"--{boundary}\r\n".encode("ascii")
+    return b"".join((
+        ("\r\n".join(head) + "\r\n\r\n").encode("ascii"),
+        delimiter, plain_head.encode("ascii"), b"\r\n\r\n", plain, b"\r\n",
+        delimiter, html_head.encode("ascii"), b"\r\n\r\n", html_body, b"\r\n",
+        f"--{boundary}--\r\n".encode("ascii"),
+    ))
 
 
 def new_boundary(seed: str) -> str:

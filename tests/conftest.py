@@ -101,6 +101,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    mail_options: list[str] = field(default_factory=list)    # e.g. BODY=8BITMIME
 
     @property
     def message(self) -> EmailMessage:
@@ -139,7 +140,7 @@ class _Handler:
     async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, ANN201
         with self.box.lock:
             self.box.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
-                                              envelope.original_content or b""))
+                                              envelope.original_content or b"", list(envelope.mail_options)))
         return "250 OK"
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from channels.base import InDoubtChannelError, OutboundMessage, PermanentChannelError, TransientChannelError
 from channels.email_smtp import SmtpConfig, SmtpEmailChannel
-from tests.conftest import free_port
+from tests.conftest import FakeSmtp, _Handler, free_port, serving_smtp
 
 
 def msg(to: str, i: int = 1) -> OutboundMessage:
@@ -30,6 +30,43 @@ async def test_messages_arrive_with_headers_and_both_parts(smtp_server):
     assert m["Subject"] == "Привет" and m["From"] == "Shop <news@shop.example>"
     assert m.get_body(("plain",)).get_content().strip() == "текст"
     assert smtp_server.messages[0].mail_from == "news@shop.example"
+
+
+def parts(received) -> list[tuple[str, str]]:
+    """(content type, transfer encoding) of each leaf part of a received message."""
+    return [(p.get_content_type(), p["Content-Transfer-Encoding"]) for p in received.message.walk()
+            if not p.is_multipart()]
+
+
+async def test_a_server_offering_8bitmime_gets_8bit_utf8_parts_with_body_8bitmime(smtp_server):
+    ch = channel(smtp_server.port)
+    await ch.send(msg("a@example.com"))
+    await ch.aclose()
+    got = smtp_server.messages[0]
+    assert got.mail_options == ["BODY=8BITMIME"]
+    assert parts(got) == [("text/plain", "8bit"), ("text/html", "7bit")]
+    assert "текст".encode() in got.data
+    assert got.message.get_body(("plain",)).get_content() == "текст"
+    assert got.message["Subject"] == "Привет"
+
+
+class _No8BitMime(_Handler):
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001, ANN201
+        session.host_name = hostname
+        return [r for r in responses if "8BITMIME" not in r.upper()]
+
+
+async def test_a_server_without_8bitmime_gets_a_7bit_message_in_base64():
+    box = FakeSmtp("127.0.0.1", free_port())
+    with serving_smtp(_No8BitMime(box), box.host, box.port):
+        ch = channel(box.port)
+        await ch.send(msg("a@example.com"))
+        await ch.aclose()
+    got = box.messages[0]
+    assert got.mail_options == []
+    assert parts(got) == [("text/plain", "base64"), ("text/html", "base64")]
+    got.data.decode("ascii")
+    assert got.message.get_body(("plain",)).get_content() == "текст"
 
 
 async def test_refused_recipient_is_permanent_and_revokes_the_address(smtp_server):

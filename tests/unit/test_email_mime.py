@@ -139,9 +139,10 @@ def test_every_line_ends_with_crlf(html):
     assert b"\r" not in data.replace(b"\r\n", b"")
 
 
+@pytest.mark.parametrize("eight_bit", [False, True])
 @pytest.mark.parametrize("html", [HTML, None])
-def test_no_line_is_longer_than_998_octets(html):
-    data = build(html=html, text="x" * 5000, subject="s" * 950,
+def test_no_line_is_longer_than_998_octets(html, eight_bit):
+    data = build(html=html, text="x" * 5000, subject="s" * 950, eight_bit=eight_bit,
                  headers={"List-Unsubscribe": "<https://x.example/" + "t" * 1200 + ">"})
 
     assert max(len(line) for line in re.split(rb"\r\n|\r|\n", data)) <= 998
@@ -173,3 +174,67 @@ def test_recipient_with_internationalized_domain_can_be_addressed():
 
     domain = msg["To"].addresses[0].domain
     assert domain in ("пример.рф", "xn--e1afmkfd.xn--p1ai")
+
+
+# --- 8-bit parts (the server offers 8BITMIME) ---------------------------------------------------------
+
+
+def lf(text: str) -> str:
+    """What a mail client shows: an 8-bit part's lines end in CRLF on the wire."""
+    return text.replace("\r\n", "\n")
+
+
+def encodings(data: bytes) -> list[str]:
+    return [p["Content-Transfer-Encoding"] for p in parse(data).walk() if not p.is_multipart()]
+
+
+def test_eight_bit_parts_decode_back_and_are_a_quarter_smaller_than_base64():
+    eight, seven = build(eight_bit=True), build()
+
+    msg = parse(eight)
+    assert encodings(eight) == ["8bit", "8bit"] and encodings(seven) == ["base64", "base64"]
+    assert lf(msg.get_body(("plain",)).get_content()) == TEXT
+    assert lf(msg.get_body(("html",)).get_content()) == HTML
+    assert msg["Subject"] == SUBJECT_RU                      # headers stay 7-bit (RFC 2047)
+    assert "Здравствуйте".encode() in eight
+    assert len(eight) < len(seven)
+    big = "<p>Здравствуйте, Анна! Двойные баллы всю неделю.</p>\n" * 100
+    assert len(build(html=big, eight_bit=True)) < 0.8 * len(build(html=big))
+
+
+def test_an_ascii_part_is_labelled_7bit():
+    data = build(text="Hello Anna\n", html="<p>Hello</p>", eight_bit=True)
+
+    assert encodings(data) == ["7bit", "7bit"]
+    assert lf(parse(data).get_body(("plain",)).get_content()) == "Hello Anna\n"
+
+
+@pytest.mark.parametrize("html", [HTML, None])
+def test_eight_bit_lines_end_with_crlf_even_from_lone_cr_or_lf(html):
+    data = build(html=html, text="a\nb\r\nc\rd ж\n", eight_bit=True)
+
+    assert b"\n" not in data.replace(b"\r\n", b"") and b"\r" not in data.replace(b"\r\n", b"")
+    assert lf(parse(data).get_body(("plain",)).get_content()) == "a\nb\nc\nd ж\n"
+
+
+@pytest.mark.parametrize("bad", [
+    "я" * 500 + "\n",                        # 1,000 octets on one line (500 characters)
+    "before\x00after",                       # a NUL may not go in an 8-bit part
+    "--" + new_boundary("<abc123@clarion.example>") + "\nFake: part\n",   # the boundary in the text
+])
+def test_a_part_that_cannot_go_eight_bit_goes_in_base64_and_the_other_stays_eight_bit(bad):
+    data = build(text=bad, eight_bit=True)
+
+    assert encodings(data) == ["base64", "8bit"]
+    msg = parse(data)
+    assert msg.get_body(("plain",)).get_content() == bad
+    assert lf(msg.get_body(("html",)).get_content()) == HTML
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+
+
+def test_a_line_of_exactly_998_octets_goes_eight_bit_and_a_text_only_message_ends_with_a_line_break():
+    text = "я" * 499                              # 998 octets
+    data = build(text=text, html=None, eight_bit=True)
+
+    assert encodings(data) == ["8bit"] and parse(data).get_content() == text + "\r\n"
+    assert data.endswith(text.encode() + b"\r\n")
