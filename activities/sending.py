@@ -21,6 +21,7 @@ UNREGISTERED come back in ``dead_tokens`` for the caller to delete.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -40,6 +41,9 @@ from channels.registry import Route
 RATE_LIMIT_TRIES = 4
 DEFAULT_PAUSE_S = 1.0        # a 429 that does not say how long to wait
 LONGEST_WAIT_S = 20.0        # a longer pause is waited out by a retry of the page (next_retry_delay), not here
+# while a chunk sends, a heartbeat at most this often: a slow provider (the pages in flight share a few SMTP
+# connections) must not let the 30 s heartbeat timeout lapse and Temporal start the page again meanwhile
+HEARTBEAT_EVERY_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +78,23 @@ def outcome_of_error(exc: Exception) -> SendOutcome:
     raise exc
 
 
+def throttled(fn: Callable[[], None], every_s: float) -> Callable[[], None]:
+    """``fn``, called at most once every ``every_s`` seconds (the first call after that long)."""
+    last = time.monotonic()
+
+    def call() -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= every_s:
+            last = now
+            fn()
+    return call
+
+
 class Sender:
-    def __init__(self, *, limiter: SharedRateLimiter) -> None:
+    def __init__(self, *, limiter: SharedRateLimiter, heartbeat_every_s: float = HEARTBEAT_EVERY_S) -> None:
         self._limiter = limiter
+        self._heartbeat_every_s = heartbeat_every_s
 
     async def send_all(self, items: Sequence[tuple[Target, OutboundMessage]], routes: dict[str, Route], *,
                        heartbeat: Callable[[], None] = lambda: None,
@@ -88,6 +106,7 @@ class Sender:
         (delivery id → the reason it may no longer go), so a member who unsubscribes while the chunk waits for
         its rate slots gets nothing after the unsubscribe committed."""
         results: list[SendOutcome | None] = [None] * len(items)
+        sending = throttled(heartbeat, self._heartbeat_every_s)   # as messages go (each is a provider call)
         by_channel: dict[str, list[int]] = {}
         for i, (t, _) in enumerate(items):
             by_channel.setdefault(t.channel, []).append(i)
@@ -100,6 +119,7 @@ class Sender:
                     results[i] = SendOutcome("paced")
                     return
             results[i] = await self._send_limited(t, msg, route, heartbeat, deadline)
+            sending()
 
         async def channel_group(indexes: list[int], route: Route) -> None:
             if not route.rate_key or not route.rate_per_s:

@@ -342,10 +342,10 @@ class TimedActivities(DeliveryActivities):
         email = kw["registry"].email
         build = email.build
 
-        def timed_build(msg: OutboundMessage) -> bytes:
+        def timed_build(msg: OutboundMessage, **kw: Any) -> bytes:
             t = time.perf_counter()
             try:
-                return build(msg)
+                return build(msg, **kw)
             finally:
                 self._add("email.build (MIME, on the event loop)", t)
 
