@@ -815,7 +815,8 @@ class DeliveryActivities:
                     "variant": ctx.variant_of(m.id) if status != DeliveryStatus.held_out else None,
                     "segment": segments.get(m.id), "created_at": utcnow(), "updated_at": utcnow(),
                 })
-            # the writes (the caller, _write, holds the turn); rows a crashed attempt left `sending`: the provider may have the message → in doubt
+            # the writes (the caller, _write, holds the turn). Rows a crashed attempt left `sending`: the provider
+            # may have the message → in doubt
             interrupted = set(s.scalars(select(Delivery.member_id).where(
                 *key, Delivery.status == DeliveryStatus.sending)))
             if interrupted:

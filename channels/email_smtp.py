@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formataddr, parseaddr
@@ -119,20 +118,20 @@ class SmtpEmailChannel:
         pool = await self._pool()
         client = await pool.get()
         try:
-            await self._transaction(client, to, lambda eight_bit: self.build(msg, eight_bit=eight_bit))
+            await self._transaction(client, to, msg)
         finally:
             pool.put_nowait(client)
         return SendReceipt(provider_message_id=msg.message_id or "")
 
-    async def _transaction(self, client: aiosmtplib.SMTP, to: str, build: Callable[[bool], bytes]) -> None:
-        """One message on ``client``: ``build(eight_bit)`` makes its bytes once the server's EHLO is known."""
+    async def _transaction(self, client: aiosmtplib.SMTP, to: str, msg: OutboundMessage) -> None:
+        """One message on ``client``, built once the server's EHLO says whether it takes 8-bit bodies."""
         # before DATA: any failure means nothing was sent
         try:
             if not client.is_connected:
                 await client.connect()
             await _greeted(client)
             eight_bit = client.supports_extension("8bitmime")
-            data = build(eight_bit)
+            data = self.build(msg, eight_bit=eight_bit)
             await client.mail(self._envelope_from, options=["BODY=8BITMIME"] if eight_bit else None)
             await client.rcpt(to)
         except aiosmtplib.SMTPRecipientRefused as exc:
