@@ -21,7 +21,7 @@ from jinja2.exceptions import SecurityError
 
 from channels.sms_text import sms_segments
 from templates.render import CHANNEL_FILES, Renderer, TemplateProblem
-from templates.sandbox import TooLarge
+from templates.sandbox import OverLimit
 
 PUSH_TITLE_MAX = 65          # what Android shows before it cuts the title
 PUSH_BODY_MAX = 240
@@ -76,7 +76,7 @@ def _template_line(exc: BaseException) -> int | None:
 
 
 def _explain(exc: BaseException) -> str:
-    if isinstance(exc, TooLarge):
+    if isinstance(exc, OverLimit):
         line = _template_line(exc)
         return f"{f'line {line}: ' if line else ''}{exc}"
     if isinstance(exc, SecurityError):

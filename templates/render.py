@@ -41,7 +41,7 @@ from jinja2 import (
 from jinja2.sandbox import SandboxedEnvironment
 
 from templates.helpers import HelperError, install_helpers
-from templates.sandbox import BoundedSandbox, TooLarge
+from templates.sandbox import BoundedSandbox, OverLimit
 from templates.store import LIBRARY, TemplateNotFound, TemplateStore, Version
 
 _JINJA = re.compile(r"{{.*?}}|{%.*?%}|{#.*?#}", re.DOTALL)
@@ -106,9 +106,10 @@ def template_line(exc: BaseException) -> int | None:
 def runtime_problem(where: str, exc: BaseException) -> TemplateProblem:
     """A template that failed while rendering (``{{ member.points - 10 }}`` with a text, a division by zero):
     named by template, locale, the template's line and the error's type, never its message (which may quote
-    the member's data). A value too large to make (templates.sandbox) is named with what it was and its size."""
+    the member's data). A value too large to make or a render too slow (templates.sandbox) is named with
+    what it was (a size, or the time limit)."""
     line = template_line(exc)
-    what = str(exc) if isinstance(exc, TooLarge) else f"{type(exc).__name__} while rendering"
+    what = str(exc) if isinstance(exc, OverLimit) else f"{type(exc).__name__} while rendering"
     return TemplateProblem(f"{where}: {f'line {line}: ' if line else ''}{what}")
 
 
@@ -364,7 +365,7 @@ class Renderer:
             )
         except UndefinedError as exc:
             raise TemplateProblem(f"{name}/email.{locale}: {exc.message}") from exc
-        except TooLarge as exc:
+        except OverLimit as exc:
             raise runtime_problem(f"{name}/email.{locale}", exc) from exc
         except (TemplateError, HelperError) as exc:
             raise TemplateProblem(f"{name}/email.{locale}: {exc}") from exc
@@ -449,7 +450,7 @@ class Renderer:
             )
         except UndefinedError as exc:
             raise TemplateProblem(f"{name}/{channel}.{locale}: {exc.message}") from exc
-        except TooLarge as exc:
+        except OverLimit as exc:
             raise runtime_problem(f"{name}/{channel}.{locale}", exc) from exc
         except (TemplateError, HelperError) as exc:
             raise TemplateProblem(f"{name}/{channel}.{locale}: {exc}") from exc

@@ -18,13 +18,21 @@ line (``TooLarge``, a SecurityError). Each of these would otherwise allocate gig
                                              as it is written: over the limit stops at the line that passed it
 
 "Too large" is more than MAX_SIZE characters of text (or items of a list, or bits of an int). ``range`` keeps
-Jinja's own limit (100,000 items). Not bounded here: time (nested loops over large ranges), and a list grown in
-place (``.append``) over a long loop; a render deadline would be the answer to both.
+Jinja's own limit (100,000 items).
+
+Time is bounded too: a render (a template's ``render``, with whatever it includes and calls) that runs longer
+than MAX_RENDER_S seconds stops with ``TooSlow``, naming the line it had reached. Nested loops over large ranges
+(``range(100000)`` in ``range(100000)``) or a macro that calls itself twice a level would otherwise hold the
+thread (a worker's event loop, a preview's request) for hours. The clock is read at a ``for`` loop's first
+item and every 256th after it, and at every call (a macro, a method, a function), so a loop over a list the
+template grows in place (``.append``) stops at the limit too, with what it appended by then.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+import time
 import types
 from collections.abc import (
     Callable,
@@ -40,6 +48,7 @@ from typing import Any, NoReturn
 
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame, optimizeconst
+from jinja2.environment import Template
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import (
     SandboxedEnvironment,
@@ -50,14 +59,58 @@ from jinja2.utils import Namespace, generate_lorem_ipsum
 from markupsafe import Markup
 
 MAX_SIZE = 1_000_000
+MAX_RENDER_S = 2.0      # a message renders in well under 1 ms; read at each render, so tests may lower it
 
 _TEXT = (str, bytes, bytearray)
 _SIZED = (str, bytes, bytearray, list, tuple)
 _CONTAINERS = (list, tuple, dict, set, frozenset, Namespace, KeysView, ValuesView, ItemsView)   # views: dict.items()
 
 
-class TooLarge(SecurityError):
+class OverLimit(SecurityError):
+    """A template went over one of the sandbox's bounds (its message says which)."""
+
+
+class TooLarge(OverLimit):
     """A template asked for a value over MAX_SIZE (characters, items or bits)."""
+
+
+class TooSlow(OverLimit):
+    """A render ran longer than MAX_RENDER_S."""
+
+
+class _Deadline(threading.local):
+    at: float | None = None     # time.monotonic() by which this thread's render must end
+
+
+_render = _Deadline()
+
+
+def _on_time() -> None:
+    deadline = _render.at
+    if deadline is not None and time.monotonic() > deadline:
+        raise TooSlow(f"too slow: the template ran for more than {MAX_RENDER_S:g} s (loops over large ranges, "
+                      "or a macro that calls itself?)")
+
+
+def _timed(items: Iterable[Any]) -> Iterator[Any]:
+    """A ``for`` loop's items, with the clock read at the first and every 256th."""
+    for n, item in enumerate(items):
+        if not n & 255:
+            _on_time()
+        yield item
+
+
+class _TimedTemplate(Template):
+    """A template whose render ends by MAX_RENDER_S from its start (a render inside it shares its deadline)."""
+
+    def render(self, *args: Any, **kwargs: Any) -> str:
+        if _render.at is not None:
+            return Template.render(self, *args, **kwargs)
+        _render.at = time.monotonic() + MAX_RENDER_S
+        try:
+            return Template.render(self, *args, **kwargs)
+        finally:
+            _render.at = None
 
 
 def _too_large(what: str, size: int, unit: str = "characters") -> TooLarge:
@@ -424,10 +477,15 @@ class _Generator(CodeGenerator):
         self.write("))")
 
 
+_TIMED = "_timed_loop"    # the filter every for loop's items go through (Jinja names filters when it compiles)
+
+
 class BoundedSandbox(SandboxedEnvironment):
-    """SandboxedEnvironment that refuses values over MAX_SIZE (see the module's docstring)."""
+    """SandboxedEnvironment that refuses values over MAX_SIZE and renders over MAX_RENDER_S (see the module's
+    docstring)."""
 
     code_generator_class = _Generator
+    template_class = _TimedTemplate
     intercepted_binops = frozenset({"*", "**", "%", "+"})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -441,6 +499,14 @@ class BoundedSandbox(SandboxedEnvironment):
         for name in _COLLECTING_FILTERS:
             self.filters[name] = _guarded(self.filters[name], _lazy_check(name))
         self.globals["lipsum"] = _lipsum
+        self.filters[_TIMED] = _timed
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """The template's tree, each ``for`` loop iterating through ``_timed``."""
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            loop.iter = nodes.Filter(loop.iter, _TIMED, [], [], None, None, lineno=loop.iter.lineno)
+        return tree
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
@@ -454,6 +520,7 @@ class BoundedSandbox(SandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
     def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        _on_time()
         args = _check_method(obj, args, kwargs)
         return super().call(context, obj, *args, **kwargs)
 

@@ -53,6 +53,13 @@ HUGE = [
     "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
     "{% for i in range(100000) %}{{ 'x' * 10**5 }}{% endfor %}",
 ]
+# each would hold the thread that renders (a preview's request, a worker's event loop) for hours
+SLOW = [
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
+    "{% set a = [1] %}{% for x in a %}{% if a|length < 10**7 %}{{ a.append(x) or '' }}{% endif %}{% endfor %}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}{{ loop.index if loop.last }}{% endfor %}{% endfor %}",
+]
 TRAVERSALS = ["../../etc/passwd", "/etc/passwd", "..", "..\\..\\windows\\win.ini", "double_points/../../x",
               "%2e%2e%2fetc"]
 
@@ -76,6 +83,8 @@ def lib(tmp_path: Path) -> Path:
         template(lib, f"evil{i}", sms=f"Hi {expression}")
     for i, expression in enumerate(HUGE):
         template(lib, f"huge{i}", sms=f"Hi\n{expression}", text=f"Hi\n\n{expression}")
+    for i, expression in enumerate(SLOW):
+        template(lib, f"slow{i}", sms=f"Hi\n{expression}", text=f"Hi\n\n{expression}")
     return lib
 
 
@@ -201,6 +210,37 @@ def test_an_agency_zip_that_would_allocate_gigabytes_is_refused_at_its_file_and_
     assert any(p["field"] == file and f"line {line}: too large" in p["message"] for p in r.json()["problems"]), \
         r.json()
     assert counts(api.engine) == before and peak_rss_mib() - peak < 150
+
+
+def test_a_template_that_would_run_for_hours_is_stopped_at_the_time_limit_naming_its_file_and_line(
+        site, monkeypatch):
+    """Each was: the preview's request (or a worker's event loop, for every member) busy for hours. Now each
+    render stops at MAX_RENDER_S (lowered here to 0.3 s) with a 422 naming the file and the line."""
+    monkeypatch.setattr("templates.sandbox.MAX_RENDER_S", 0.3)
+    for n, expression in enumerate(SLOW):
+        for channel, line in (("sms", 2), ("email", 3)):
+            started = time.perf_counter()
+            r = preview(site, f"slow{n}", channel=channel)
+            took = time.perf_counter() - started
+            assert r.status_code == 422, (expression, r.text[:300])
+            [problem] = r.json()["problems"]
+            message = problem["message"]
+            assert problem["field"] == "template" and f"slow{n}/{channel}.en: line {line}: " in message, message
+            assert "too slow: the template ran for more than 0.3 s" in message, message
+            assert took < 0.3 + 1.5, (expression, took)
+    assert preview(site, "hello", channel="sms").status_code == 200      # the next render has its own time
+
+
+def test_an_agency_zip_that_would_run_for_hours_is_refused_at_its_file_and_line(api, monkeypatch):
+    monkeypatch.setattr("templates.sandbox.MAX_RENDER_S", 0.3)
+    before = counts(api.engine)
+    files = {**GOOD, "sms.ru.txt": "Hi\n" + SLOW[1]}
+    r = api.client.post("/api/v1/templates/spring_sale/versions", headers=api.auth(Role.marketer),
+                        files={"file": ("drop.zip", make_zip(files), "application/zip")})
+    assert r.status_code == 422, r.text
+    assert any(p["field"] == "sms.ru.txt" and "line 2: too slow" in p["message"] for p in r.json()["problems"]), \
+        r.json()
+    assert counts(api.engine) == before
 
 
 ORDINARY = """{% macro row(k, v) %}{{ k|center(12) }}|{{ '%8.2f' % v }}|{{ '{:>6}'.format(v|int) }}{% endmacro %}

@@ -47,3 +47,28 @@ async def test_a_member_whose_data_breaks_the_template_fails_alone(workers, engi
     bodies = {m.rcpt_tos[0]: m.message.get_body(("plain",)).get_content() for m in smtp_server.messages}
     assert "You will have 390 points, 25 per visit" in bodies[email(4)]
     assert campaign_row(engine, cid).status == "completed"
+
+
+async def test_a_member_whose_data_makes_the_render_run_for_hours_fails_alone_at_the_time_limit(
+        workers, engine: Engine, smtp_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("templates.sandbox.MAX_RENDER_S", 0.3)
+    program, ids = bulk_members(engine, 4, attributes=lambda i: {"stars": 100_000 if i == 2 else i})
+    store = TemplateStore(engine=engine)
+    files = dict(store.get("double_points").files)
+    files["email.en.txt"] = ("{% for i in range(member.stars) %}{% for j in range(member.stars) %}{% endfor %}"
+                             "*{% endfor %} stars for you\n")
+    v = store.add("double_points", files)
+    cid = make_campaign(engine, program)
+    with session_scope(engine) as s:
+        s.execute(update(Campaign).where(Campaign.id == cid).values(template_versions={"double_points": v.version}))
+
+    async with workers(engine=engine) as rig:   # before: member 2's render held the worker's event loop for hours
+        await asyncio.wait_for(rig.finish(await rig.start(cid, page_size=50)), timeout=60)
+
+    rows = by_member(deliveries(engine, cid))
+    assert {i: (rows[mid].status, rows[mid].reason) for i, mid in enumerate(ids, start=1)} == {
+        1: ("sent", None), 2: ("failed", "render_error"), 3: ("sent", None), 4: ("sent", None)}
+    assert sorted(smtp_server.recipients()) == sorted(email(i) for i in (1, 3, 4))
+    bodies = {m.rcpt_tos[0]: m.message.get_body(("plain",)).get_content() for m in smtp_server.messages}
+    assert "*** stars for you" in bodies[email(3)]
+    assert campaign_row(engine, cid).status == "completed"
