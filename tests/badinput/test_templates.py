@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,21 @@ def test_an_agency_zip_with_an_escape_or_a_syntax_error_is_refused_naming_the_fi
 # --- templates that would exhaust memory -----------------------------------------------------
 
 
+def refused_previews(site: TestClient, name: str, expressions: list[str]) -> Iterator[tuple[str, str, float]]:
+    """The preview of each expression's template (``{name}{n}``, see ``lib``) on SMS and email: a 422 naming
+    the file and the line; yields the expression, the problem's message and the seconds the preview took."""
+    for n, expression in enumerate(expressions):
+        for channel, line in (("sms", 2), ("email", 3)):
+            started = time.perf_counter()
+            r = preview(site, f"{name}{n}", channel=channel)
+            took = time.perf_counter() - started
+            assert r.status_code == 422, (expression, r.text[:300])
+            [problem] = r.json()["problems"]
+            message = problem["message"]
+            assert problem["field"] == "template" and f"{name}{n}/{channel}.en: line {line}: " in message, message
+            yield expression, message, took
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -180,17 +196,9 @@ def test_a_template_that_would_allocate_gigabytes_is_refused_quickly_naming_its_
     compiling), the API process's memory gone. Now each is a 422 naming the file and the line, in
     milliseconds, and this process's peak memory does not move."""
     before = peak_rss_mib()
-    for n, expression in enumerate(HUGE):
-        for channel, line in (("sms", 2), ("email", 3)):
-            started = time.perf_counter()
-            r = preview(site, f"huge{n}", channel=channel)
-            took = time.perf_counter() - started
-            assert r.status_code == 422, (expression, r.text[:300])
-            [problem] = r.json()["problems"]
-            message = problem["message"]
-            assert problem["field"] == "template" and f"huge{n}/{channel}.en: line {line}: " in message, message
-            assert "too large" in message or "Range too big" in message or "OverflowError" in message, message
-            assert took < 2, (expression, took)
+    for expression, message, took in refused_previews(site, "huge", HUGE):
+        assert "too large" in message or "Range too big" in message or "OverflowError" in message, message
+        assert took < 2, (expression, took)
     assert peak_rss_mib() - before < 150, (before, peak_rss_mib())
 
 
@@ -217,17 +225,9 @@ def test_a_template_that_would_run_for_hours_is_stopped_at_the_time_limit_naming
     """Each was: the preview's request (or a worker's event loop, for every member) busy for hours. Now each
     render stops at MAX_RENDER_S (lowered here to 0.3 s) with a 422 naming the file and the line."""
     monkeypatch.setattr("templates.sandbox.MAX_RENDER_S", 0.3)
-    for n, expression in enumerate(SLOW):
-        for channel, line in (("sms", 2), ("email", 3)):
-            started = time.perf_counter()
-            r = preview(site, f"slow{n}", channel=channel)
-            took = time.perf_counter() - started
-            assert r.status_code == 422, (expression, r.text[:300])
-            [problem] = r.json()["problems"]
-            message = problem["message"]
-            assert problem["field"] == "template" and f"slow{n}/{channel}.en: line {line}: " in message, message
-            assert "too slow: the template ran for more than 0.3 s" in message, message
-            assert took < 0.3 + 1.5, (expression, took)
+    for expression, message, took in refused_previews(site, "slow", SLOW):
+        assert "too slow: the template ran for more than 0.3 s" in message, message
+        assert took < 0.3 + 1.5, (expression, took)
     assert preview(site, "hello", channel="sms").status_code == 200      # the next render has its own time
 
 
