@@ -240,7 +240,7 @@ async def time_skipping_env(request: pytest.FixtureRequest, _time_skipping_serve
     elif not await skips_time(server.env):
         spoilt = True
         warnings.warn(f"the time-skipping server stopped skipping time after {server.last_test}: "
-                      "it left a task on a queue nobody polls; a new server for the tests that follow",
+                      "most likely a task left on a queue nobody polls; a new server for the tests that follow",
                       stacklevel=1)
     else:
         spoilt = False
