@@ -235,15 +235,12 @@ async def time_skipping_env(request: pytest.FixtureRequest, _time_skipping_serve
     test first checks that the server still skips time, and gets a new one (with a warning naming the test that
     had it last) when it does not."""
     server = _time_skipping_server
-    if request.session.stash.get(_SPOILT, False):
-        spoilt = True
-    elif not await skips_time(server.env):
+    spoilt = request.session.stash.get(_SPOILT, False)
+    if not spoilt and not await skips_time(server.env):
         spoilt = True
         warnings.warn(f"the time-skipping server stopped skipping time after {server.last_test}: "
                       "most likely a task left on a queue nobody polls; a new server for the tests that follow",
                       stacklevel=1)
-    else:
-        spoilt = False
     if spoilt:
         await server.env.shutdown()
         server.env = await _start_time_skipping()

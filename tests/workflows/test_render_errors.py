@@ -25,16 +25,21 @@ from tests.workflows.conftest import (
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-async def test_a_member_whose_data_breaks_the_template_fails_alone(workers, engine: Engine, smtp_server: Any) -> None:
-    program, ids = bulk_members(engine, 6, attributes=lambda i: {"points": "lots" if i == 3 else 100 * i,
-                                                                 "visits": 0 if i == 5 else i})
+def campaign_with_text(engine: Engine, program: int, text: str) -> int:
+    """A campaign of double_points in a new version whose English email text is ``text``."""
     store = TemplateStore(engine=engine)
-    files = dict(store.get("double_points").files)
-    files["email.en.txt"] = "You will have {{ member.points - 10 }} points, {{ 100 // member.visits }} per visit\n"
-    v = store.add("double_points", files)
+    v = store.add("double_points", {**store.get("double_points").files, "email.en.txt": text})
     cid = make_campaign(engine, program)
     with session_scope(engine) as s:
         s.execute(update(Campaign).where(Campaign.id == cid).values(template_versions={"double_points": v.version}))
+    return cid
+
+
+async def test_a_member_whose_data_breaks_the_template_fails_alone(workers, engine: Engine, smtp_server: Any) -> None:
+    program, ids = bulk_members(engine, 6, attributes=lambda i: {"points": "lots" if i == 3 else 100 * i,
+                                                                 "visits": 0 if i == 5 else i})
+    cid = campaign_with_text(engine, program,
+                             "You will have {{ member.points - 10 }} points, {{ 100 // member.visits }} per visit\n")
 
     async with workers(engine=engine) as rig:   # before: the page failed every attempt, the campaign with it
         await asyncio.wait_for(rig.finish(await rig.start(cid, page_size=50)), timeout=60)
@@ -53,14 +58,8 @@ async def test_a_member_whose_data_makes_the_render_run_for_hours_fails_alone_at
         workers, engine: Engine, smtp_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("templates.sandbox.MAX_RENDER_S", 0.3)
     program, ids = bulk_members(engine, 4, attributes=lambda i: {"stars": 100_000 if i == 2 else i})
-    store = TemplateStore(engine=engine)
-    files = dict(store.get("double_points").files)
-    files["email.en.txt"] = ("{% for i in range(member.stars) %}{% for j in range(member.stars) %}{% endfor %}"
-                             "*{% endfor %} stars for you\n")
-    v = store.add("double_points", files)
-    cid = make_campaign(engine, program)
-    with session_scope(engine) as s:
-        s.execute(update(Campaign).where(Campaign.id == cid).values(template_versions={"double_points": v.version}))
+    cid = campaign_with_text(engine, program, "{% for i in range(member.stars) %}{% for j in range(member.stars) %}"
+                                              "{% endfor %}*{% endfor %} stars for you\n")
 
     async with workers(engine=engine) as rig:   # before: member 2's render held the worker's event loop for hours
         await asyncio.wait_for(rig.finish(await rig.start(cid, page_size=50)), timeout=60)
