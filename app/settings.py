@@ -80,8 +80,9 @@ class Settings(BaseSettings):
     trigger_concurrency: int = Field(default=4, ge=1, le=32)
     # `clarion up` runs its worker as this many child processes (`clarion worker`, on the stack's Temporal and
     # database): Python runs one thread at a time per process, so the API and the worker in one process share one
-    # core; 0: the worker inside the `clarion up` process
-    up_workers: int = Field(default=1, ge=0, le=16)
+    # core, and one worker process is short of a core under a sustained event stream (bench/README.md: at 500
+    # events/s, p99 4.7 s with one, 2.5 s with two the same morning); 0: the worker inside the `clarion up` process
+    up_workers: int = Field(default=2, ge=0, le=16)
 
     # operations (README "Operations: health, metrics, tracing, logs")
     log_format: Literal["text", "json"] = "text"   # json: one object a line, for a log shipper

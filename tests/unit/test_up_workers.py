@@ -68,7 +68,8 @@ async def test_a_worker_process_that_dies_is_started_again_and_all_are_stopped_w
 
 
 @pytest.mark.parametrize(("env", "pages"), [
-    ({}, 4),                                                            # one worker process
+    ({}, 8),                                                            # two worker processes by default
+    ({"CLARION_UP_WORKERS": "1"}, 4),                                   # one worker process
     ({"CLARION_UP_WORKERS": "3"}, 12),                                  # 4 pages in flight per worker
     ({"CLARION_UP_WORKERS": "0"}, 4),                                   # the worker inside clarion up
     ({"CLARION_UP_WORKERS": "3", "CLARION_BATCH_CONCURRENCY": "5"}, 5),  # set: taken as it is
