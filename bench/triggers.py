@@ -70,6 +70,7 @@ from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 
 from app.keys import create_key  # noqa: E402
+from app.settings import Settings  # noqa: E402
 from members.profile import ConsentGrant, MemberIn  # noqa: E402
 from members.service import ensure_program, upsert_members  # noqa: E402
 from storage.db import make_engine  # noqa: E402
@@ -250,14 +251,15 @@ class Sink:
 class Stack:
     """The stack under test, in child processes (each in its own session, stopped in order on exit).
 
-    ``embedded``: ``clarion up`` (Temporal dev server as its child; worker and API in one process, one event
-    loop), as an operator on one machine runs it. ``split``: the dev server (``temporal server start-dev``
+    ``embedded``: ``clarion up`` (Temporal dev server and ``up_workers`` worker processes as its children, the API
+    in its own process; 0: the worker inside it, one event loop), as an operator on one machine runs it. ``split``: the dev server (``temporal server start-dev``
     with the same SQLite file option), ``clarion worker`` and ``clarion api`` as three processes, as
     DESIGN.md's "beyond one machine" runs them. ``switch_interval`` runs the Clarion processes with
     ``sys.setswitchinterval`` set first (a diagnosis knob; the default is Python's 5 ms)."""
 
     def __init__(self, workdir: Path, smtp_port: int, poll_s: float, topology: str = "embedded",
-                 switch_interval: float | None = None, deliverers: int = 4, up_workers: int = 1) -> None:
+                 switch_interval: float | None = None, deliverers: int = 4, up_workers: int = 2,
+                 smtp_connections: int | None = None) -> None:
         self.workdir, self.topology, self.switch_interval = workdir, topology, switch_interval
         self.api_port = free_port()
         self.temporal_port = free_port()
@@ -270,6 +272,8 @@ class Stack:
             "CLARION_TRIGGER_CONCURRENCY": str(deliverers), "CLARION_UP_WORKERS": str(up_workers),
             "CLARION_SIGNING_SECRET": "bench-secret",
         })
+        if smtp_connections is not None:
+            self.env["CLARION_SMTP_CONNECTIONS"] = str(smtp_connections)
         if topology == "split":
             self.env["CLARION_TEMPORAL_ADDRESS"] = f"127.0.0.1:{self.temporal_port}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -839,7 +843,7 @@ async def run_once(index: int, args: argparse.Namespace) -> RunResult:
     db_url = f"sqlite:///{(workdir / 'clarion.db').as_posix()}"
     sink = Sink(free_port(), workdir)
     stack = Stack(workdir, sink.port, args.poll, args.topology, args.switch_interval, args.deliverers,
-                  args.up_workers)
+                  args.up_workers, args.smtp_connections)
     LIVE[:] = [stack, sink]
     try:
         say(f"[run {index}] seeding {args.members:,} members into {workdir / 'clarion.db'} (load average "
@@ -859,7 +863,7 @@ async def run_once(index: int, args: argparse.Namespace) -> RunResult:
                 say(f"[run {index}] the stack did not start ({str(exc).strip().splitlines()[-1][:200]}); "
                     "trying again on other ports")
                 stack = Stack(workdir, sink.port, args.poll, args.topology, args.switch_interval, args.deliverers,
-                  args.up_workers)
+                  args.up_workers, args.smtp_connections)
                 LIVE[:] = [stack, sink]
         res.startup_s = time.perf_counter() - t
         say(f"[run {index}] seeded in {res.seed_s:.1f} s; {args.topology} stack {stack.pids()} answered in "
@@ -1032,15 +1036,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CLARION_TRIGGER_POLL_S for the stack: how often the campaign looks for new events")
     p.add_argument("--deliverers", type=int, default=4,
                    help="CLARION_TRIGGER_CONCURRENCY for the stack: deliver_due activities side by side each round")
-    p.add_argument("--up-workers", type=int, default=1,
-                   help="CLARION_UP_WORKERS for the embedded stack: worker processes of `clarion up` (0: inside it)")
+    p.add_argument("--up-workers", type=int, default=Settings.model_fields["up_workers"].default,
+                   help="CLARION_UP_WORKERS for the embedded stack: worker processes of `clarion up` (0: inside it); "
+                        "the default is clarion up's own")
+    p.add_argument("--smtp-connections", type=int, default=None,
+                   help="CLARION_SMTP_CONNECTIONS for the stack: kept-open connections per worker process "
+                        "(default: clarion's own)")
     p.add_argument("--runs", "-r", type=int, default=1, help="repeat the whole measurement (fresh stack each)")
     p.add_argument("--connections", type=int, default=64,
                    help="keep-alive HTTP connections of the load generator (requests in flight at most)")
     p.add_argument("--drain", type=float, default=30.0,
                    help="after posting, stop waiting for emails when none arrived for this many seconds")
     p.add_argument("--topology", choices=["embedded", "split"], default="embedded",
-                   help="embedded: `clarion up` (worker and API in one process); split: dev server, "
+                   help="embedded: `clarion up` (its dev server, the API, and --up-workers worker processes); split: dev server, "
                         "`clarion worker` and `clarion api` as three processes")
     p.add_argument("--switch-interval", type=float, default=None, metavar="S",
                    help="diagnosis: run the Clarion processes with sys.setswitchinterval(S) (Python's default 0.005)")
@@ -1057,7 +1065,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     say(f"triggered-campaign bench: rate={args.rate:g}/s seconds={args.seconds:g} members={args.members} "
-        f"batch={args.batch} poll={args.poll:g} s deliverers={args.deliverers} up_workers={args.up_workers} topology={args.topology} runs={args.runs} cpus={os.cpu_count()} "
+        f"batch={args.batch} poll={args.poll:g} s deliverers={args.deliverers} up_workers={args.up_workers} smtp_connections={args.smtp_connections or 'default'} topology={args.topology} runs={args.runs} cpus={os.cpu_count()} "
         f"python={sys.version.split()[0]}")
     try:
         return asyncio.run(main_async(args))
