@@ -6,7 +6,10 @@ after the trigger's delay), again at once while it finds more, else after the po
 signal. The delivery loop asks ``deliver_due`` to send those whose time has come (re-checking cancel-if,
 consent, caps, budget, windows), ``concurrency`` activities side by side each time, each for its share of
 the members (member id mod concurrency); it goes again at once when the match loop planned something
-meanwhile, else sleeps until the next delivery is due. So Temporal's overhead is per batch of events, never
+meanwhile, else sleeps until the next delivery is due. As the first activity of a round comes back having sent
+something (events are arriving), it asks the match loop to look now and waits for that match before its next
+round (MATCH_AHEAD): under a steady stream an event waits for the end of the round it arrived in, not for the
+poll, whose timer Temporal may fire up to a second late. So Temporal's overhead is per batch of events, never
 per event or per member, and an event waits for one match and one delivery, not for rounds that wait for
 both. Runs started before the two loops (no PIPELINED marker in their history) replay the old rounds.
 
@@ -17,7 +20,7 @@ points-expiring campaigns: it matches the date rule, then delivers what is due.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -43,17 +46,30 @@ with workflow.unsafe.imports_passed_through():
 
 # a marker in the history of runs that match and send in two loops (TriggeredCampaign._pipelined)
 PIPELINED = "triggered-pipelined-loops"
+# a marker in the history of runs whose delivery loop asks for a match while a busy round ends (_deliver_loop)
+MATCH_AHEAD = "triggered-match-ahead"
 
 
-async def _deliver_due(campaign_id: int, limit: int, partitions: int = 1) -> DueResult:
-    """What is due, sent by ``partitions`` activities side by side (each its share of the members)."""
+async def _deliver_due(campaign_id: int, limit: int, partitions: int = 1,
+                       first_done: Callable[[DueResult], None] | None = None) -> DueResult:
+    """What is due, sent by ``partitions`` activities side by side (each its share of the members);
+    ``first_done`` is told the first partition's answer as soon as it comes, while the others still run."""
     now = workflow.now().isoformat()
-    results = await asyncio.gather(*(workflow.execute_activity(
-        "deliver_due", DeliverDue(campaign_id=campaign_id, now=now, limit=limit, partition=p, partitions=partitions),
-        result_type=DueResult, start_to_close_timeout=retry.DELIVERY_START_TO_CLOSE,
-        heartbeat_timeout=retry.DELIVERY_HEARTBEAT, retry_policy=retry.DELIVERY,
-    ) for p in range(partitions)))
-    return merge_due(results)
+    told = False
+
+    async def part(p: int) -> DueResult:
+        nonlocal told
+        result: DueResult = await workflow.execute_activity(
+            "deliver_due", DeliverDue(campaign_id=campaign_id, now=now, limit=limit, partition=p,
+                                      partitions=partitions),
+            result_type=DueResult, start_to_close_timeout=retry.DELIVERY_START_TO_CLOSE,
+            heartbeat_timeout=retry.DELIVERY_HEARTBEAT, retry_policy=retry.DELIVERY)
+        if not told and first_done is not None:
+            told = True
+            first_done(result)
+        return result
+
+    return merge_due(await asyncio.gather(*(part(p) for p in range(partitions))))
 
 
 def merge_due(results: Sequence[DueResult]) -> DueResult:
@@ -92,6 +108,9 @@ class TriggeredCampaign(CampaignControls):
         self._rounds = 0
         self._next_due: str | None = None
         self._found = 0            # match rounds that planned something (the delivery loop watches it)
+        self._matches_started = 0  # match_events activities the match loop started, and finished
+        self._matches_done = 0
+        self._match_wanted = 0     # the delivery loop wants match number this (counting from 1) to run
         self._handover = False     # a continue-as-new is due: the loops stop
 
     @workflow.signal
@@ -210,11 +229,13 @@ class TriggeredCampaign(CampaignControls):
                     await _set_status(inp.campaign_id, "running")
                 continue
             wakes = self._wakes
+            self._matches_started += 1
             match: MatchResult = await workflow.execute_activity(
                 "match_events", MatchEvents(campaign_id=inp.campaign_id, after=self._cursor,
                                             now=workflow.now().isoformat(), limit=inp.batch_size * 2),
                 result_type=MatchResult, start_to_close_timeout=retry.DB_QUICK_TIMEOUT,
                 retry_policy=retry.DB_QUICK)
+            self._matches_done += 1
             self._cursor, self._matched = match.cursor, self._matched + match.matched
             self._rounds += 1
             if match.matched:
@@ -225,16 +246,24 @@ class TriggeredCampaign(CampaignControls):
             if match.more:
                 continue
             try:
-                await workflow.wait_condition(lambda: self._halted() or self._paused or self._wakes != wakes,
+                await workflow.wait_condition(lambda: self._halted() or self._paused or self._wakes != wakes
+                                              or self._match_wanted > self._matches_started,
                                               timeout=self._until_end(timedelta(seconds=inp.poll_seconds)))
             except TimeoutError:
                 pass
+
+    def _ask_match(self, result: DueResult) -> None:
+        """A delivery round's first partition is done and sent something (events are arriving): have the match
+        loop look now, so the next round finds what arrived during this one without waiting for the poll."""
+        if result.counts != Counts():
+            self._match_wanted = max(self._match_wanted, self._matches_started + 1)
 
     async def _deliver_loop(self, inp: TriggeredInput) -> None:
         # its waits are not cut at the end date: the match loop's are, and its timer firing there ends this
         # wait too (_halted); two timers due at the same instant, one cancelled as the other fires, is what
         # the time-skipping test server cannot take (see tests/workflows/conftest.settle)
         exhausted_at = -1   # the budget-change count when the budget ran out (-1: not exhausted)
+        ahead = self._ask_match if workflow.patched(MATCH_AHEAD) else None
         while not self._halted():
             if self._paused:
                 await workflow.wait_condition(lambda: not self._paused or self._halted())
@@ -251,8 +280,12 @@ class TriggeredCampaign(CampaignControls):
                 exhausted_at = -1
                 self._state = RunState.running
                 await _set_status(inp.campaign_id, "running")
+            if self._match_wanted > self._matches_done:    # asked for by the last round, not done yet
+                await workflow.wait_condition(lambda: self._matches_done >= self._match_wanted
+                                              or self._halted() or self._paused)
+                continue
             found, budget = self._found, self._budget_changes
-            due = await _deliver_due(inp.campaign_id, inp.batch_size, max(1, inp.concurrency))
+            due = await _deliver_due(inp.campaign_id, inp.batch_size, max(1, inp.concurrency), ahead)
             self._counts = self._counts + due.counts
             self._next_due = due.next_due
             if due.budget_exhausted:    # a budget raised while this one ran is tried at once

@@ -330,6 +330,15 @@ async def test_a_run_started_before_the_two_loops_replays_as_it_ran() -> None:
     await Replayer(workflows=[TriggeredCampaign]).replay_workflow(history)
 
 
+async def test_a_run_started_before_the_match_ahead_replays_as_it_ran() -> None:
+    """A history recorded by the two loops before MATCH_AHEAD (two deliverers; two rounds that sent, each
+    woken by a signal, then cancelled): its rounds asked the match loop for nothing, and replay must not
+    either (a match it asked for would be a command the history does not have)."""
+    history = WorkflowHistory.from_json("triggered-pipelined",
+                                        (Path(__file__).parent / "histories" / "triggered_pipelined.json").read_text())
+    await Replayer(workflows=[TriggeredCampaign]).replay_workflow(history)
+
+
 # --- date rules ---------------------------------------------------------------------------------
 
 
