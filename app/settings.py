@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     # `clarion up` runs its worker as this many child processes (`clarion worker`, on the stack's Temporal and
     # database): Python runs one thread at a time per process, so the API and the worker in one process share one
     # core, and one worker process is short of a core under a sustained event stream (bench/README.md: at 500
-    # events/s, p99 4.7 s with one, 2.5 s with two the same morning); 0: the worker inside the `clarion up` process
+    # events/s, p99 5.5 s with one, 1.8 s with two); 0: the worker inside the `clarion up` process
     up_workers: int = Field(default=2, ge=0, le=16)
 
     # operations (README "Operations: health, metrics, tracing, logs")

@@ -252,9 +252,9 @@ class Stack:
     """The stack under test, in child processes (each in its own session, stopped in order on exit).
 
     ``embedded``: ``clarion up`` (Temporal dev server and ``up_workers`` worker processes as its children, the API
-    in its own process; 0: the worker inside it, one event loop), as an operator on one machine runs it. ``split``: the dev server (``temporal server start-dev``
-    with the same SQLite file option), ``clarion worker`` and ``clarion api`` as three processes, as
-    DESIGN.md's "beyond one machine" runs them. ``switch_interval`` runs the Clarion processes with
+    in its own process; 0: the worker inside it, one event loop), as an operator on one machine runs it.
+    ``split``: the dev server (``temporal server start-dev`` with the same SQLite file option), ``clarion worker``
+    and ``clarion api`` as three processes, as DESIGN.md's "beyond one machine" runs them. ``switch_interval`` runs the Clarion processes with
     ``sys.setswitchinterval`` set first (a diagnosis knob; the default is Python's 5 ms)."""
 
     def __init__(self, workdir: Path, smtp_port: int, poll_s: float, topology: str = "embedded",
@@ -1048,8 +1048,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain", type=float, default=30.0,
                    help="after posting, stop waiting for emails when none arrived for this many seconds")
     p.add_argument("--topology", choices=["embedded", "split"], default="embedded",
-                   help="embedded: `clarion up` (its dev server, the API, and --up-workers worker processes); split: dev server, "
-                        "`clarion worker` and `clarion api` as three processes")
+                   help="embedded: `clarion up` (its dev server, the API, and --up-workers worker processes); "
+                        "split: dev server, `clarion worker` and `clarion api` as three processes")
     p.add_argument("--switch-interval", type=float, default=None, metavar="S",
                    help="diagnosis: run the Clarion processes with sys.setswitchinterval(S) (Python's default 0.005)")
     p.add_argument("--keep", action="store_true",
