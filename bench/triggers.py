@@ -254,8 +254,9 @@ class Stack:
     ``embedded``: ``clarion up`` (Temporal dev server and ``up_workers`` worker processes as its children, the API
     in its own process; 0: the worker inside it, one event loop), as an operator on one machine runs it.
     ``split``: the dev server (``temporal server start-dev`` with the same SQLite file option), ``clarion worker``
-    and ``clarion api`` as three processes, as DESIGN.md's "beyond one machine" runs them. ``switch_interval`` runs the Clarion processes with
-    ``sys.setswitchinterval`` set first (a diagnosis knob; the default is Python's 5 ms)."""
+    and ``clarion api`` as three processes, as DESIGN.md's "beyond one machine" runs them. ``switch_interval``
+    runs the Clarion processes with ``sys.setswitchinterval`` set first (a diagnosis knob; the default is Python's
+    5 ms)."""
 
     def __init__(self, workdir: Path, smtp_port: int, poll_s: float, topology: str = "embedded",
                  switch_interval: float | None = None, deliverers: int = 4, up_workers: int = 2,
@@ -842,8 +843,12 @@ async def run_once(index: int, args: argparse.Namespace) -> RunResult:
     workdir = Path(tempfile.mkdtemp(prefix=f"clarion-trig-{index}-"))
     db_url = f"sqlite:///{(workdir / 'clarion.db').as_posix()}"
     sink = Sink(free_port(), workdir)
-    stack = Stack(workdir, sink.port, args.poll, args.topology, args.switch_interval, args.deliverers,
-                  args.up_workers, args.smtp_connections)
+
+    def new_stack() -> Stack:   # new ports each time
+        return Stack(workdir, sink.port, args.poll, args.topology, args.switch_interval, args.deliverers,
+                     args.up_workers, args.smtp_connections)
+
+    stack = new_stack()
     LIVE[:] = [stack, sink]
     try:
         say(f"[run {index}] seeding {args.members:,} members into {workdir / 'clarion.db'} (load average "
@@ -862,8 +867,7 @@ async def run_once(index: int, args: argparse.Namespace) -> RunResult:
                     raise
                 say(f"[run {index}] the stack did not start ({str(exc).strip().splitlines()[-1][:200]}); "
                     "trying again on other ports")
-                stack = Stack(workdir, sink.port, args.poll, args.topology, args.switch_interval, args.deliverers,
-                  args.up_workers, args.smtp_connections)
+                stack = new_stack()
                 LIVE[:] = [stack, sink]
         res.startup_s = time.perf_counter() - t
         say(f"[run {index}] seeded in {res.seed_s:.1f} s; {args.topology} stack {stack.pids()} answered in "

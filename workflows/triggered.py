@@ -55,18 +55,16 @@ async def _deliver_due(campaign_id: int, limit: int, partitions: int = 1,
     """What is due, sent by ``partitions`` activities side by side (each its share of the members);
     ``first_done`` is told the first partition's answer as soon as it comes, while the others still run."""
     now = workflow.now().isoformat()
-    told = False
+    to_tell = [first_done] if first_done else []    # emptied by the first partition that comes back
 
     async def part(p: int) -> DueResult:
-        nonlocal told
         result: DueResult = await workflow.execute_activity(
             "deliver_due", DeliverDue(campaign_id=campaign_id, now=now, limit=limit, partition=p,
                                       partitions=partitions),
             result_type=DueResult, start_to_close_timeout=retry.DELIVERY_START_TO_CLOSE,
             heartbeat_timeout=retry.DELIVERY_HEARTBEAT, retry_policy=retry.DELIVERY)
-        if not told and first_done is not None:
-            told = True
-            first_done(result)
+        if to_tell:
+            to_tell.pop()(result)
         return result
 
     return merge_due(await asyncio.gather(*(part(p) for p in range(partitions))))
