@@ -49,6 +49,7 @@ from typing import Any, NoReturn
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.environment import Template
+from jinja2.runtime import Context, new_context
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import (
     SandboxedEnvironment,
@@ -102,6 +103,19 @@ def _timed(items: Iterable[Any]) -> Iterator[Any]:
 
 class _TimedTemplate(Template):
     """A template whose render ends by MAX_RENDER_S from its start (a render inside it shares its deadline)."""
+
+    _flat_globals: dict[str, Any] | None = None
+
+    def new_context(self, vars: dict[str, Any] | None = None, shared: bool = False,  # noqa: A002 - Jinja's name
+                    locals: Mapping[str, Any] | None = None) -> Context:  # noqa: A002
+        """Jinja's, with the globals as a plain dict taken at the first render: ``Template.globals`` is a
+        ChainMap (the template's own over the environment's), which each render's context copied key by key in
+        Python, ~8 µs of a 19 µs subject line. The environment's globals (helpers, ``lipsum``) are all set
+        before its first template is compiled and never change after."""
+        flat = self._flat_globals
+        if flat is None:
+            flat = self._flat_globals = dict(self.globals)
+        return new_context(self.environment, self.name, self.blocks, vars, shared, flat, locals)
 
     def render(self, *args: Any, **kwargs: Any) -> str:
         if _render.at is not None:
