@@ -49,8 +49,8 @@ from typing import Any, NoReturn
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.environment import Template
-from jinja2.runtime import Context, new_context
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context, new_context
 from jinja2.sandbox import (
     SandboxedEnvironment,
     SandboxedEscapeFormatter,
@@ -106,8 +106,8 @@ class _TimedTemplate(Template):
 
     _flat_globals: dict[str, Any] | None = None
 
-    def new_context(self, vars: dict[str, Any] | None = None, shared: bool = False,  # noqa: A002 - Jinja's name
-                    locals: Mapping[str, Any] | None = None) -> Context:  # noqa: A002
+    def new_context(self, vars: dict[str, Any] | None = None, shared: bool = False,
+                    locals: Mapping[str, Any] | None = None) -> Context:
         """Jinja's, with the globals as a plain dict taken at the first render: ``Template.globals`` is a
         ChainMap (the template's own over the environment's), which each render's context copied key by key in
         Python, ~8 µs of a 19 µs subject line. The environment's globals (helpers, ``lipsum``) are all set
