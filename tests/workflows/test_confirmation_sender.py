@@ -36,7 +36,7 @@ from storage.db import session_scope
 from storage.tables import ChannelAccount, Confirmation, Member
 from templates.render import Renderer
 from tests.factories import seed_members
-from tests.workflows.conftest import wait_for
+from tests.workflows.conftest import wait_for, wait_for_progress
 from workflows.confirmations import ConfirmationSender
 from workflows.contracts import (
     ConfirmationSenderInput,
@@ -246,10 +246,7 @@ async def test_continuing_as_new_loses_no_request_stored_meanwhile(time_skipping
         await wait_for(lambda: fake.pending == 0, what="the request sent by the new run")
         # and the new run has its answer: the test ends with no activity in flight, which would keep the shared
         # time-skipping server from skipping time for the tests after it (seen once in CI, under load)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while await handle.query(ConfirmationSender.sent) != 1:
-            assert loop.time() < deadline, "the new run never counted the request it sent"
-            await asyncio.sleep(0.02)
+        await wait_for_progress(handle, lambda sent: sent == 1, query=ConfirmationSender.sent,
+                                what="the new run's count of the request it sent")
         assert (await handle.describe()).run_id != first_run
         assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
