@@ -47,10 +47,10 @@ MAX_LINE = 998   # octets, CRLF excluded (RFC 5322 2.1.1)
 
 def _8bit_lines(text: str, boundary: str) -> bytes | None:
     """``text`` in UTF-8 with CRLF line ends, or None when it cannot go as an 8-bit part."""
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
     # CRs replaced only when there are any, and the searches made in the bytes, not in the str: 28 -> 18 µs for
     # a 9 KB Cyrillic part (bench/README.md)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     data = text.encode("utf-8")
     if b"\x00" in data or f"--{boundary}".encode("ascii") in data:
         return None
